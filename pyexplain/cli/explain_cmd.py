@@ -1,0 +1,105 @@
+"""``pyexplain explain IMG... --model M --method X``: heatmap PNGs and raw maps for image files."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import typer
+from tqdm import tqdm
+
+from .. import explain as run_explain
+from ..io import open_image, save_npy, save_png
+from ..models import DEFAULT_MODEL, load_model, read_labels
+from ..registry import get_method
+from ..visualize import overlay
+from . import app
+from .options import parse_floats, parse_method_options, resolve_device
+
+
+def _output_stems(sources: list[str], method: str) -> list[str]:
+    stems, seen = [], set()
+    for source in sources:
+        stem = f"{Path(source.split(':', 1)[-1] if source.startswith('builtin:') else source).stem}_{method}"
+        candidate, k = stem, 1
+        while candidate in seen:
+            k += 1
+            candidate = f"{stem}_{k}"
+        seen.add(candidate)
+        stems.append(candidate)
+    return stems
+
+
+@app.command("explain")
+def explain_command(
+    images: list[str] = typer.Argument(..., help="Image files (JPEG, PNG, ...) or builtin:NAME (e.g. builtin:chelsea)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name, or package.module:factory."),
+    method: str = typer.Option("gradxinput", "--method", help="Attribution method (see `pyexplain methods`)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Class index or name (default: top-1)."),
+    out: Path = typer.Option(Path("pyexplain-out"), "--out", "-o", help="Output directory."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print predictions, target and written paths as JSON."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="State-dict file (weights_only)."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Random weights (speed work only)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side length (own models)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Normalization mean, e.g. 0.5,0.5,0.5."),
+    std: Optional[str] = typer.Option(None, "--std", help="Normalization std."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Class names file, one per line."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed for torch's RNG."),
+) -> None:
+    """Write a heatmap PNG (red = for, blue = against) and the raw map (.npy) per image."""
+    info = get_method(method)
+    options = parse_method_options(option)
+    torch.manual_seed(seed)
+    net, preprocess = load_model(
+        model, weights, resolve_device(device), random_weights=random_weights, input_size=input_size,
+        mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+        labels=read_labels(labels) if labels else None,
+    )
+    target_index = preprocess.class_index(target) if target is not None else None
+    notes: list[str] = []
+    pictures = [open_image(source, notes.append) for source in images]  # every input checked before any output
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    stems = _output_stems(images, method)
+    records = []
+    bar = tqdm(total=len(pictures), desc=method, unit="img", disable=len(pictures) < 2, file=sys.stderr)
+    for start in range(0, len(pictures), batch_size):
+        chunk = pictures[start:start + batch_size]
+        x = torch.cat([preprocess(p) for p in chunk])
+        result = run_explain(net, x, method, target=target_index, progress=info.iterative, **options)
+        probabilities = result.logits.softmax(1)
+        for row, picture in enumerate(chunk):
+            index = start + row
+            maps = {"": result.map[row]}
+            maps.update({f"_{k}": v[row].sum(0) for k, v in result.extras.items() if v.ndim == 4})
+            written = []
+            for suffix, attribution_map in maps.items():
+                array = attribution_map.float().cpu().numpy()
+                written.append(str(save_npy(out / f"{stems[index]}{suffix}.npy", array.astype(np.float32))))
+                written.append(str(save_png(out / f"{stems[index]}{suffix}.png", overlay(preprocess.view(picture), array))))
+            top = probabilities[row].topk(5)
+            t = int(result.targets[row])
+            records.append({
+                "image": images[index],
+                "top5": [{"index": int(i), "label": preprocess.label(int(i)), "probability": round(float(p), 6)}
+                         for p, i in zip(top.values, top.indices)],
+                "target": {"index": t, "label": preprocess.label(t)},
+                "score": float(result.scores[row]),
+                "method": method,
+                "outputs": written,
+            })
+        bar.update(len(chunk))
+    bar.close()
+    if as_json:
+        print(json.dumps(records, indent=2))
+    else:
+        for record in records:
+            top = record["top5"][0]
+            print(f"{record['image']}: {record['target']['label']} (target {record['target']['index']}, "
+                  f"top-1 {top['label']} p={top['probability']:.3f}) -> {', '.join(record['outputs'])}")

@@ -1,0 +1,22 @@
+"""``pyexplain models`` and ``pyexplain methods``."""
+from __future__ import annotations
+
+from ..models import DEFAULT_MODEL, TORCHVISION_MODELS, weights_status
+from ..registry import list_methods
+from . import app
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the known models and where their ImageNet weights come from here."""
+    for name in (DEFAULT_MODEL,) + TORCHVISION_MODELS:
+        print(f"{name:20s} {weights_status(name)}")
+    print("package.module:factory  your own model (--weights FILE for its state dict)")
+
+
+@app.command("methods")
+def methods_command() -> None:
+    """List every method with a one-line description, its paper and its cost per image."""
+    for info in list_methods():
+        options = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "-"
+        print(f"{info.name}\n    {info.description}\n    paper: {info.paper}\n    cost: {info.cost}\n    options: {options}")

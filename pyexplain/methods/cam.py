@@ -1,0 +1,49 @@
+"""Class activation maps: Grad-CAM and Guided Grad-CAM."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..core.layers import capture_layer, default_cam_layer, get_layer
+from ..core.rules import guided_backprop_rule
+from ..core.targets import Targets
+from ..registry import register_method
+from ._common import input_gradient, upsample_to_input
+
+
+def gradcam_map(model: nn.Module, x: Tensor, targets: Targets, layer: str | None) -> Tensor:
+    """Grad-CAM at the layer's resolution, ``[N, h, w]``: ``ReLU(Σ_k α_k A^k)``, ``α_k = mean(∂F_t/∂A^k)``."""
+    module = get_layer(model, layer or default_cam_layer(model, x))
+    with torch.enable_grad(), capture_layer(module) as captured:
+        logits = model(x)
+        targets.resolve(logits)
+        activations = captured.output
+        (grads,) = torch.autograd.grad(targets.scores(logits).sum(), activations)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return (weights * activations).sum(1).clamp(min=0).detach()
+
+
+@register_method(
+    "gradcam",
+    description="gradient-weighted class activation map of a convolutional layer (last spatial layer by default)",
+    paper="Selvaraju et al.: Grad-CAM (ICCV 2017)",
+    cost="1 forward + 1 partial backward",
+)
+def gradcam(model: nn.Module, x: Tensor, targets: Targets, *, layer: str | None = None,
+            interpolation: str = "bilinear") -> Tensor:
+    """``ReLU(Σ_k α_k A^k)`` upsampled to the input and spread evenly over channels."""
+    return upsample_to_input(gradcam_map(model, x, targets, layer), x, interpolation)
+
+
+@register_method(
+    "guided_gradcam",
+    description="Guided Backprop multiplied by the upsampled Grad-CAM map",
+    paper="Selvaraju et al.: Grad-CAM (ICCV 2017)",
+    cost="2 forwards + 2 backwards",
+)
+def guided_gradcam(model: nn.Module, x: Tensor, targets: Targets, *, layer: str | None = None,
+                   interpolation: str = "bilinear") -> Tensor:
+    """``A = GuidedBackprop(x) ⊙ upsample(Grad-CAM)`` (per channel)."""
+    cam = gradcam_map(model, x, targets, layer)
+    guided = input_gradient(model, x, targets, guided_backprop_rule, clean=False)
+    return guided * upsample_to_input(cam, x, interpolation) * x.shape[1]

@@ -1,0 +1,70 @@
+"""The method registry: each method module registers its function with a description, its paper
+and its cost, and :func:`pyexplain.explain` dispatches on the name."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+from torch import Tensor
+
+from .errors import PyExplainError
+
+
+class MethodResult(NamedTuple):
+    """What a method returns when it has more than the attribution: per-row extra tensors."""
+
+    attribution: Tensor
+    extras: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    fn: Callable[..., Tensor | MethodResult]
+    description: str
+    paper: str
+    cost: str
+    iterative: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(name: str, *, description: str, paper: str, cost: str, iterative: bool = False):
+    """Decorator registering ``fn(model, x, targets, **options)`` as method ``name``.
+
+    ``targets`` is a :class:`pyexplain.core.targets.Targets`; iterative methods also receive
+    ``progress: bool``. The keyword-only parameters of ``fn`` are the method's options, and their
+    defaults are its documented defaults.
+    """
+
+    def decorate(fn):
+        params = inspect.signature(fn).parameters.values()
+        defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "progress"}
+        _METHODS[name] = MethodInfo(name, fn, description, paper, cost, iterative, defaults)
+        return fn
+
+    return decorate
+
+
+def _load_all() -> None:
+    from . import methods
+
+    for module in pkgutil.iter_modules(methods.__path__):
+        importlib.import_module(f"{methods.__name__}.{module.name}")
+
+
+def get_method(name: str) -> MethodInfo:
+    _load_all()
+    if name not in _METHODS:
+        raise PyExplainError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def list_methods() -> list[MethodInfo]:
+    _load_all()
+    return [_METHODS[n] for n in sorted(_METHODS)]
