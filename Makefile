@@ -22,9 +22,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pyexplain explain builtin:chelsea --method gradxinput --out $(OUT)
 
-## test: the whole test suite
+## test: the whole test suite (with a C++ compiler present, the fused kernels must have been built)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PYEXPLAIN_EXPECT_EXTENSION=$$(command -v $${CXX:-c++} >/dev/null && echo 1) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf build *.egg-info $(OUT) pyexplain/_C*.so
