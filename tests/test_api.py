@@ -98,3 +98,21 @@ def test_list_methods_has_every_foundation_method():
     assert {"saliency", "gradxinput", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "guided_backprop",
             "deconvnet", "gradcam", "guided_gradcam"} <= names
     assert all(m.description and m.paper and m.cost for m in pyexplain.list_methods())
+
+
+FOUNDATION_METHODS = ["saliency", "gradxinput", "integrated_gradients", "smoothgrad", "smoothgrad_sq",
+                      "guided_backprop", "deconvnet", "gradcam", "guided_gradcam"]
+FAST = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2}, "smoothgrad_sq": {"samples": 2}}
+
+
+@pytest.mark.parametrize("method", FOUNDATION_METHODS)
+def test_frozen_parameters_and_no_grad_context(method, small_images):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 31 * 31, 5)).eval()
+    expected = pyexplain.explain(model, small_images, method, target=2, **FAST.get(method, {})).attribution
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        frozen = pyexplain.explain(model, small_images, method, target=2, **FAST.get(method, {})).attribution
+    torch.testing.assert_close(frozen, expected)
+    assert frozen.abs().sum() > 0
