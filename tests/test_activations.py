@@ -111,3 +111,43 @@ def test_leaky_relu_and_tensor_relu_kinds():
     assert [c.kind for c in tracker.calls] == ["leaky_relu", "relu", "relu"]
     assert tracker.calls[0].negative_slope == pytest.approx(0.2)
     assert not tracker.calls[0].spatial
+
+
+class _StatementInplace(nn.Module):
+    """Uses in-place activations as statements, ignoring their return values."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.relu_()
+        h = self.b(h)
+        F.relu(h, inplace=True)
+        return self.c(h)
+
+
+class _OutOfPlaceTwin(_StatementInplace):
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_inplace_statements_keep_values_and_get_the_rule():
+    from pyexplain.core.rules import guided_backprop_rule
+
+    statement, twin = _StatementInplace().eval(), _OutOfPlaceTwin().eval()
+    x = torch.randn(5, 4)
+    grads = []
+    for model in (statement, twin):
+        xi = x.clone().requires_grad_(True)
+        with intercept_activations(model, guided_backprop_rule) as tracker:
+            out = model(xi)
+        torch.testing.assert_close(out, twin(x))
+        grads.append(torch.autograd.grad(out[:, 1].sum(), xi)[0])
+        assert len(tracker.calls) == 2
+    torch.testing.assert_close(grads[0], grads[1])
+    xi = x.clone().requires_grad_(True)
+    (plain,) = torch.autograd.grad(twin(xi)[:, 1].sum(), xi)
+    assert not torch.allclose(plain, grads[0])  # the rule really changed the backward
