@@ -155,3 +155,13 @@ def test_cli_models_and_methods(capsys):
     assert code == 0 and "efficientnet_lite0" in stdout and "resnet18" in stdout
     code, stdout, _ = run_cli(["methods"], capsys)
     assert code == 0 and "integrated_gradients" in stdout and "Sundararajan" in stdout
+
+
+def test_every_builtin_image_opens():
+    from pyexplain.io import BUILTIN_IMAGES, open_image
+
+    for name in BUILTIN_IMAGES:
+        image = open_image(f"builtin:{name}")
+        assert image.mode == "RGB" and min(image.size) >= 64, name
+    with pytest.raises(PyExplainError, match="unknown builtin image"):
+        open_image("builtin:nope")
