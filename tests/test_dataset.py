@@ -321,3 +321,21 @@ def test_bfloat16_changes_maps_slightly_and_is_a_different_run(tmp_path):
             x, y = np.load(tmp_path / "f32" / a["outputs"]["map"]), np.load(tmp_path / "bf16" / b["outputs"]["map"])
             assert not np.array_equal(x, y)  # autocast really ran in bfloat16
             assert spearmanr(x.ravel(), y.ravel())[0] > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_matches_cpu_and_reduced_precision_stays_rank_correlated(tmp_path):
+    from scipy.stats import spearmanr
+
+    src = tmp_path / "src"
+    make_folder(src, good=4)
+    assert run_cli([src, "--out", tmp_path / "cpu", "--device", "cpu", *TINY]) == 0
+    for name, extra in (("cuda", []), ("tf32", ["--precision", "tf32"]), ("bf16", ["--precision", "bfloat16", "--channels-last"])):
+        assert run_cli([src, "--out", tmp_path / name, "--device", "cuda", *TINY, *extra]) == 0
+        for path in (tmp_path / "cpu" / "maps").rglob("*.npy"):
+            expected, got = np.load(path), np.load(tmp_path / name / path.relative_to(tmp_path / "cpu"))
+            if name == "cuda":
+                np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+            else:
+                assert spearmanr(expected.ravel(), got.ravel())[0] > 0.9
