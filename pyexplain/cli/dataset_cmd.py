@@ -12,6 +12,7 @@ import typer
 
 from ..dataset import Job, ModelSpec, run_dataset
 from ..dataset.config import PRECISIONS
+from ..dataset.distributed import env_world
 from ..io import atomic_write
 from ..models import DEFAULT_MODEL, read_labels
 from . import app
@@ -53,8 +54,6 @@ def explain_dataset_command(
         png=png, overwrite=overwrite, seed=seed, progress=progress,
     )
     result = run_dataset(job)
-    from ..dataset.distributed import env_world
-
     if env_world()[0] != 0:
         return
     if summary is not None:
