@@ -158,7 +158,9 @@ def microbenchmarks(device: str, threads: int, repeats: int, calls: dict[str, Co
                             totals[(mode, use_extension)] += count * median_seconds(step, device, repeats, clock)
             largest = max(counter, key=lambda key: math.prod(key[0]))
             memory = {ext: peak_memory_mib(op, largest[0], largest[1], device, ext) for ext in (True, False)}
-            for mode in ("forward", "backward", "double backward"):
+            for ext in (True, False):  # what one LPR / DMBP iteration runs of the op
+                totals[("forward + backward", ext)] = totals[("forward", ext)] + totals[("backward", ext)]
+            for mode in ("forward", "backward", "double backward", "forward + backward"):
                 ext_ms, fb_ms = 1e3 * totals[(mode, True)], 1e3 * totals[(mode, False)]
                 rows.append(f"| {device} | {threads} ({clock_name}) | {model_name} | {op} | {mode} | {ext_ms:.2f} | {fb_ms:.2f} | "
                             f"{fb_ms / ext_ms:.2f}× | {memory[True]:.0f} / {memory[False]:.0f} |")
@@ -197,11 +199,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--e2e-iterations", type=int, default=2)
+    parser.add_argument("--parts", nargs="+", choices=("ops", "e2e"), default=["ops", "e2e"])
     args = parser.parse_args()
     info = _kernels.build_info()
     print(f"torch {torch.__version__}; backend {pyexplain.backend()}; extension: {info or _kernels.LOAD_ERROR}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start")
+    if "ops" in args.parts:
+        op_microbenchmarks(args)
+    if "e2e" in args.parts:
+        torch.set_num_threads(args.threads[0])
+        print(f"\nEnd to end, one 224×224 image, CPU, {args.threads[0]} thread(s):\n")
+        print("| method | model | run | extension s/image | fallback s/image | speed-up |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(end_to_end(args.threads[0], args.e2e_iterations)))
+    print(f"\nload average {os.getloadavg()[0]:.1f} at end")
+
+
+def op_microbenchmarks(args: argparse.Namespace) -> None:
     calls = {name: activation_calls(name) for name in MODELS}
     for name, counter in calls.items():
         print(f"{name}: {sum(counter.values())} trunk activation calls, {len(counter)} distinct shapes")
@@ -215,12 +230,6 @@ def main() -> None:
         print("\n".join(microbenchmarks("cuda", args.threads[0], args.repeats, calls)), flush=True)
     else:
         print("| cuda | - | vgg16, efficientnet_lite0 | both | all | not measured (no GPU available) | | | |")
-    torch.set_num_threads(args.threads[0])
-    print(f"\nEnd to end, one 224×224 image, CPU, {args.threads[0]} thread(s):\n")
-    print("| method | model | run | extension s/image | fallback s/image | speed-up |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(end_to_end(args.threads[0], args.e2e_iterations)))
-    print(f"\nload average {os.getloadavg()[0]:.1f} at end")
 
 
 if __name__ == "__main__":

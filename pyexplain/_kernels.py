@@ -127,7 +127,7 @@ class _PluginRuleGrad(torch.autograd.Function):
             return (None,) * 9
         grad, g_out, f, f_ref, weight = ctx.saved_tensors
         h_grad, h_g, h_f, h_ref, h_w = _C.plugin_double_backward(
-            grad, g_out, f, f_ref, weight, a_g, a_w, a_f, a_ref, *need[:3], need[3], need[4])
+            grad, g_out, f, f_ref, weight, a_g, a_w, a_f, a_ref, *need)
         return h_grad, h_g, h_f, h_ref, h_w, None, None, None, None
 
 

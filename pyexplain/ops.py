@@ -52,20 +52,30 @@ def use_fallback() -> Iterator[None]:
         _forced_fallback = previous
 
 
+def _fused(f: Tensor) -> bool:
+    """The extension is in use and nothing is tracing: exporters and compilers (TorchScript tracing,
+    fx, torch.compile / torch.export) see the fallback's standard ops."""
+    if backend() != "extension" or isinstance(f, torch.fx.Proxy):
+        return False
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 def plugin_rule(g_out: Tensor, f: Tensor, f_ref: Tensor | None, weight: Tensor) -> Tensor:
     """``g_out ⊙ tanh(W ⊙ (f − f_ref))`` (``f_ref`` and ``W`` broadcast against ``f``; ``None`` = 0)."""
-    ref = f_ref if f_ref is not None else f.new_zeros(())
-    if backend() == "extension" and _kernels.supported(f, (g_out,), (ref, weight)):
-        return _kernels.plugin_rule(g_out, f, ref, weight)
+    if _fused(f):
+        ref = f_ref if f_ref is not None else f.new_zeros(())
+        if _kernels.supported(f, (g_out,), (ref, weight)):
+            return _kernels.plugin_rule(g_out, f, ref, weight)
     return plugin_rule_fallback(g_out, f, f_ref, weight)
 
 
 def masked_relu_backward(g_out: Tensor, f: Tensor, mask: Tensor | None, low: float = 0.0,
                          high: float = math.inf) -> Tensor:
     """``g_out ⊙ 1[low < f < high] ⊙ mask`` (``mask`` broadcast against ``f``; ``None`` = 1)."""
-    m = mask if mask is not None else f.new_ones(())
-    if backend() == "extension" and _kernels.supported(f, (g_out,), (m,)):
-        return _kernels.masked_relu_backward(g_out, f, m, low, high)
+    if _fused(f):
+        m = mask if mask is not None else f.new_ones(())
+        if _kernels.supported(f, (g_out,), (m,)):
+            return _kernels.masked_relu_backward(g_out, f, m, low, high)
     return masked_relu_backward_fallback(g_out, f, mask, low, high)
 
 

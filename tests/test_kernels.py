@@ -127,6 +127,16 @@ def test_unsupported_arguments_fall_back():
     assert not _kernels.supported(f, (g[:1],), (g,))  # g_out not shaped like f
 
 
+@needs_extension
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated, still used by exporters
+def test_tracing_sees_the_fallback_ops():
+    """TorchScript tracing (as exporters do) records standard ops, never the extension's calls."""
+    g, f, w = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), torch.randn(1, 3, 1, 1)
+    traced = torch.jit.trace(lambda g, f, w: ops.plugin_rule(g, f, None, w), (g, f, w))
+    assert "aten::tanh" in str(traced.graph)
+    torch.testing.assert_close(traced(g, f, w), ops.plugin_rule(g, f, None, w))
+
+
 def test_cli_info_prints_backend_and_build(capsys):
     from pyexplain.cli import main
 
