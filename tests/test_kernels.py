@@ -74,9 +74,8 @@ def masked_inputs(mask_shape, full=FULL, **kw):
 
 def test_extension_loads_when_built():
     """A built extension must load and be the backend; CI (make test) also demands that it was built."""
-    if os.environ.get("PYEXPLAIN_EXPECT_EXTENSION") == "1":
-        assert BUILT, "the C++ compiler is present but pyexplain/_C*.so was not built"
-    if not BUILT:
+    expected = os.environ.get("PYEXPLAIN_EXPECT_EXTENSION") == "1"  # make test, with a C++ compiler
+    if not (BUILT or expected):
         pytest.skip("extension not built in this checkout")
     assert _kernels.available(), _kernels.LOAD_ERROR
     assert pyexplain.backend() == "extension"
