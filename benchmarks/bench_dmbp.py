@@ -4,11 +4,13 @@ For EfficientNet-Lite0 (real weights), ResNet-50 and VGG16 (random weights) at 2
 the time of one forward pass, of one DMBP iteration with the gated forward (``pyexplain``) and with
 the naive reference (masked backward passes with bias gradients, ``create_graph=True``, double
 backward), their ratio, each iteration's cost in forward passes, and the peak resident memory
-above the loaded model during the iterations. Each measurement runs in its own process.
+above the loaded model (set-up plus two iterations, sampled every 2 ms, one process per figure).
 
     python benchmarks/bench_dmbp.py [--iterations 3] [--threads 1] [--models efficientnet_lite0,resnet50,vgg16]
 
-Prints a Markdown table. Timings are wall-clock medians over ``--iterations`` after one warm-up.
+Prints a Markdown table. The three variants run in interleaved rounds in one process so they see
+the same machine load; the figures are medians of the main thread's CPU time (stable on a shared
+machine; with one torch thread every op runs on it) and of wall time.
 """
 from __future__ import annotations
 
@@ -50,53 +52,78 @@ class PeakRSS:
         self.peak = max(self.peak, _rss())
 
 
-def worker(model_name: str, variant: str, iterations: int, threads: int) -> dict:
+def _setup(model_name: str, threads: int):
     import torch
 
     torch.set_num_threads(threads)
     sys.path.insert(0, str(ROOT))
-    from benchmarks.dmbp_naive import NaiveDMBP
-    from pyexplain.core.targets import Targets
-    from pyexplain.methods.dmbp import DMBPObjective, optimize
     from pyexplain.models import load_model
 
     torch.manual_seed(0)
     model, _ = load_model(model_name, None, "cpu", random_weights=model_name != "efficientnet_lite0")
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    times = []
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    return model, x, target
+
+
+def _stepper(variant: str, model, x, target: int, iterations: int):
+    """A callable running one iteration of ``variant`` (``forward``, ``gated`` or ``naive``)."""
+    import torch
+
+    from benchmarks.dmbp_naive import NaiveDMBP
+    from pyexplain.core.targets import Targets
+    from pyexplain.methods.dmbp import DMBPObjective, optimize
+
     if variant == "forward":
-        with torch.no_grad():
-            model(x)
-            base = _rss()
-            with PeakRSS() as memory:
-                for _ in range(iterations):
-                    start = time.perf_counter()
-                    model(x)
-                    times.append(time.perf_counter() - start)
-    else:
-        with torch.no_grad():
-            target = int(model(x).argmax())
-        base = _rss()
-        with PeakRSS() as memory:
-            if variant == "gated":
-                objective = DMBPObjective(model, x, Targets(torch.tensor([target])))
-                steps = optimize(objective, objective.init_logits(), iterations + 1, 0.01, "all")
-                step = lambda: next(steps)  # noqa: E731
-            else:
-                step = NaiveDMBP(model, x, target).step
-            step()  # warm-up
-            for _ in range(iterations):
-                start = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "peak_mib": (memory.peak - base) / 2 ** 20,
+        def forward():
+            with torch.no_grad():
+                model(x)
+        return forward
+    if variant == "gated":
+        objective = DMBPObjective(model, x, Targets(torch.tensor([target])))
+        steps = optimize(objective, objective.init_logits(), iterations + 1, 0.01, "all")
+        return lambda: next(steps)
+    return NaiveDMBP(model, x, target).step
+
+
+def time_worker(model_name: str, iterations: int, threads: int) -> dict:
+    """Interleaved rounds of forward, gated and naive iterations (so all see the same machine load);
+    medians of the main thread's CPU time and of wall time."""
+    model, x, target = _setup(model_name, threads)
+    variants = ("forward", "gated", "naive")
+    steps = {v: _stepper(v, model, x, target, iterations) for v in variants}
+    cpu = {v: [] for v in variants}
+    wall = {v: [] for v in variants}
+    for v in variants:
+        steps[v]()  # warm-up
+    for _ in range(iterations):
+        for v in variants:
+            c0, w0 = time.thread_time(), time.perf_counter()
+            steps[v]()
+            cpu[v].append(time.thread_time() - c0)
+            wall[v].append(time.perf_counter() - w0)
+    import torch
+
+    return {"cpu": {v: statistics.median(t) for v, t in cpu.items()},
+            "wall": {v: statistics.median(t) for v, t in wall.items()},
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def measure(model_name: str, variant: str, iterations: int, threads: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", model_name, variant, str(iterations), str(threads)],
-                         capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+def memory_worker(model_name: str, variant: str, threads: int) -> dict:
+    """Peak resident memory above the loaded model while setting up and running two iterations."""
+    model, x, target = _setup(model_name, threads)
+    base = _rss()
+    with PeakRSS() as memory:
+        step = _stepper(variant, model, x, target, 2)
+        step()
+        step()
+    return {"peak_mib": (memory.peak - base) / 2 ** 20}
+
+
+def run_worker(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -105,28 +132,32 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--models", default="efficientnet_lite0,resnet50,vgg16")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable ratios on a shared machine)")
-    parser.add_argument("--worker", nargs=4, metavar=("MODEL", "VARIANT", "ITERATIONS", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], int(args.worker[2]), int(args.worker[3]))))
+        kind, name, *rest = args.worker
+        result = (time_worker(name, int(rest[0]), int(rest[1])) if kind == "time"
+                  else memory_worker(name, rest[0], int(rest[1])))
+        print(json.dumps(result))
         return
     rows = []
     for name in args.models.split(","):
-        forward = measure(name, "forward", max(args.iterations, 5), args.threads)
-        gated = measure(name, "gated", args.iterations, args.threads)
-        naive = measure(name, "naive", args.iterations, args.threads)
-        rows.append((name, forward, gated, naive))
-        print(f"{name}: forward {forward['seconds']:.3f}s, gated {gated['seconds']:.3f}s/it, "
-              f"naive {naive['seconds']:.3f}s/it", file=sys.stderr)
-    print(f"torch {rows[0][1]['torch']}, {rows[0][1]['threads']} threads, 1 image at 224×224, "
-          f"median of {args.iterations} iterations after a warm-up\n")
+        timing = run_worker("time", name, str(args.iterations), str(args.threads))
+        memory = {v: run_worker("memory", name, v, str(args.threads))["peak_mib"] for v in ("gated", "naive")}
+        rows.append((name, timing, memory))
+        print(f"{name}: {json.dumps(timing)} {json.dumps(memory)}", file=sys.stderr)
+    first = rows[0][1]
+    print(f"torch {first['torch']}, {first['threads']} thread(s), 1 image at 224×224, medians of "
+          f"{args.iterations} interleaved rounds after a warm-up; CPU = the main thread's CPU time, wall in brackets\n")
     print("| model | forward (s) | gated iteration (s) | naive iteration (s) | naive / gated | gated it / forward "
-          "| naive it / forward | est. 200 it gated (s) | peak mem gated (MiB) | peak mem naive (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, forward, gated, naive in rows:
-        f, g, n = forward["seconds"], gated["seconds"], naive["seconds"]
-        print(f"| {name} | {f:.3f} | {g:.3f} | {n:.3f} | **{n / g:.2f}×** | {g / f:.1f} | {n / f:.1f} | "
-              f"{200 * g:.0f} | {gated['peak_mib']:.0f} | {naive['peak_mib']:.0f} |")
+          "| naive it / forward | peak mem gated (MiB) | peak mem naive (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, timing, memory in rows:
+        c, w = timing["cpu"], timing["wall"]
+        print(f"| {name} | {c['forward']:.3f} ({w['forward']:.3f}) | {c['gated']:.3f} ({w['gated']:.3f}) "
+              f"| {c['naive']:.3f} ({w['naive']:.3f}) | **{c['naive'] / c['gated']:.2f}×** ({w['naive'] / w['gated']:.2f}×) "
+              f"| {c['gated'] / c['forward']:.1f} | {c['naive'] / c['forward']:.1f} "
+              f"| {memory['gated']:.0f} | {memory['naive']:.0f} |")
 
 
 if __name__ == "__main__":
