@@ -17,7 +17,7 @@ from pyexplain.core.targets import Targets
 from pyexplain.errors import PyExplainError
 from pyexplain.methods.dmbp import DMBPObjective, dmbp_loss, optimize
 
-from _dmbp_nets import ROOT, float64_copy, load_naive, small_input, small_net, torchvision_model
+from _dmbp_nets import ROOT, load_naive, small_input, small_net, torchvision_model
 
 naive = load_naive()
 
@@ -61,6 +61,32 @@ def test_gated_forward_equals_masked_backward_with_bias_gradients():
     assert saturated and any(bool((u.offset != 0).any()) for u in saturated)  # ReLU6 saturates here
     assert {u.kind for u in state.units} == {"relu", "hardtanh", "leaky_relu"}
     _check_against_masked_backward(model, x, 1e-12)
+
+
+class _PoolForms(nn.Module):
+    """Every 2-D max-pool entry point the linearization intercepts, called functionally."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 9, 4)
+
+    def forward(self, x):
+        h = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        h, _ = nn.functional.max_pool2d(h, 3, stride=1, padding=1, return_indices=True)
+        h = nn.functional.relu(self.conv2(h))
+        h, _ = nn.functional.adaptive_max_pool2d(h, 3, return_indices=True)
+        return self.fc(nn.functional.adaptive_max_pool2d(h, 3).flatten(1))
+
+
+def test_every_max_pool_form_is_frozen():
+    torch.manual_seed(0)
+    model = _PoolForms().double().eval()
+    x = small_input()
+    assert len(DMBPObjective(model, x, Targets(None)).state.pool_indices) == 4
+    _check_against_masked_backward(model, x, 1e-12)
+    _sigma_one(model, x, 1e-13)
 
 
 @pytest.mark.slow
@@ -198,9 +224,10 @@ def test_linearize_option_is_exact_at_sigma_one(activation):
     assert torch.isfinite(e.attribution).all()
 
 
-def test_linearize_refuses_elu():
-    with pytest.raises(PyExplainError, match="does not cover elu"):
-        pyexplain.explain(_smooth_net(nn.ELU()), small_input(), "dmbp", iterations=1, linearize=True)
+@pytest.mark.parametrize("linearize", [False, True])
+def test_elu_is_refused_even_with_linearize(linearize):
+    with pytest.raises(PyExplainError, match="uses elu.*does not cover"):
+        pyexplain.explain(_smooth_net(nn.ELU()), small_input(), "dmbp", iterations=1, linearize=linearize)
 
 
 @pytest.mark.parametrize("options, message", [

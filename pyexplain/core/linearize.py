@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -93,15 +93,16 @@ class FrozenUnit:
         return tuple((self.gate if self.constant is None else self.constant).shape)
 
     def apply(self, f: Tensor, mask: Tensor | None) -> Tensor:
-        """``mask ⊙ (gate ⊙ f + offset)`` (``mask=None``: no mask)."""
+        """``mask ⊙ (gate ⊙ f + offset)`` (``mask=None``: no mask). ``f`` may hold the clean batch
+        repeated ``k`` times; the frozen state broadcasts over the repeats."""
+        frozen = self.gate if self.constant is None else self.constant
+        folded_shape = (f.shape[0] // frozen.shape[0], *frozen.shape)
         if self.constant is not None:
-            return self.constant
-        value = self.gate * f if self.offset is None else torch.addcmul(self.offset, self.gate, f)
+            return self.constant.expand(folded_shape).reshape(f.shape)
+        folded = f.reshape(folded_shape)
+        value = self.gate * folded if self.offset is None else torch.addcmul(self.offset, self.gate, folded)
+        value = value.view(f.shape)
         return value if mask is None else value * mask
-
-    def repeat(self, k: int) -> "FrozenUnit":
-        rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.ndim - 1)))  # noqa: E731
-        return replace(self, gate=rep(self.gate), offset=rep(self.offset), constant=rep(self.constant))
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,6 @@ class Linearization:
         """The units a mask applies to, in call order (the order :func:`gated_forward` expects masks)."""
         return [u for u in self.units if u.masked]
 
-    def repeat(self, k: int) -> "Linearization":
-        """The same state for the batch repeated ``k`` times (``torch.cat([x] * k)``)."""
-        return Linearization([u.repeat(k) for u in self.units],
-                             [i.repeat(k, *([1] * (i.ndim - 1))) for i in self.pool_indices],
-                             self.logits.repeat(k, 1))
-
 
 _POOL_SIGNATURE = inspect.signature(F._max_pool2d)
 _ADAPTIVE_SIGNATURE = inspect.signature(F.adaptive_max_pool2d_with_indices)
@@ -132,6 +127,10 @@ _MAX_POOLS = {F.max_pool2d: _POOL_SIGNATURE, F.max_pool2d_with_indices: _POOL_SI
               F.adaptive_max_pool2d_with_indices: _ADAPTIVE_SIGNATURE}
 _OTHER_MAX_POOLS = (F.max_pool1d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool3d,
                     torch.max_pool1d, torch.max_pool3d)
+
+
+def _wants_indices(func, bound: dict) -> bool:
+    return func in (F.max_pool2d_with_indices, F.adaptive_max_pool2d_with_indices) or bool(bound.get("return_indices"))
 
 
 def _pool_with_indices(func, args, kwargs) -> tuple[Tensor, Tensor, bool]:
@@ -144,15 +143,18 @@ def _pool_with_indices(func, args, kwargs) -> tuple[Tensor, Tensor, bool]:
         stride = bound.get("stride") or None  # torch.max_pool2d's default stride is []
         out, idx = F.max_pool2d_with_indices(x, bound["kernel_size"], stride, bound.get("padding", 0),
                                              bound.get("dilation", 1), bound.get("ceil_mode", False))
-    wants = func in (F.max_pool2d_with_indices, F.adaptive_max_pool2d_with_indices) or bool(bound.get("return_indices"))
-    return out, idx, wants
+    return out, idx, _wants_indices(func, bound)
 
 
 def _gather_pool(x: Tensor, idx: Tensor) -> Tensor:
-    """Max-pool output at frozen argmax ``idx`` (flat indices into each ``H·W`` plane)."""
-    if x.shape[:2] != idx.shape[:2]:
+    """Max-pool output at frozen argmax ``idx`` (flat indices into each ``H·W`` plane) of ``x``,
+    which may hold the clean batch repeated ``k`` times."""
+    n, c = idx.shape[:2]
+    if x.shape[1] != c or x.shape[0] % n:
         raise PyExplainError("a max-pool's input changed shape between the clean and the gated pass")
-    return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+    k = x.shape[0] // n
+    planes = x.reshape(k, n * c, -1).gather(2, idx.reshape(1, n * c, -1).expand(k, -1, -1))
+    return planes.view(k * n, *idx.shape[1:])
 
 
 def _unsupported_pool(func, args, kwargs):
@@ -210,12 +212,13 @@ def linearize(model: nn.Module, x: Tensor, *, smooth: bool = False) -> Lineariza
         holder["tracker"] = tracker
         logits = model(x)
     others = dict(tracker.other_nonlinearities)
+    unsupported = sorted(set(others) & set(_UNSUPPORTED.values()))
+    if unsupported:
+        raise PyExplainError(f"the model uses {', '.join(unsupported)}, which is not piecewise linear and which "
+                             "linearize=True does not cover either (it covers silu, gelu, hardswish, mish, sigmoid, "
+                             "hardsigmoid, tanh)")
     if others:
         seen = ", ".join(f"{name} ×{count}" for name, count in sorted(others.items()))
-        unsupported = sorted(set(others) & set(_UNSUPPORTED.values()))
-        if smooth and unsupported:
-            raise PyExplainError(f"linearize=True does not cover {', '.join(unsupported)} (only silu, gelu, "
-                                 "hardswish, mish, sigmoid, hardsigmoid, tanh)")
         raise PyExplainError(f"the model is not piecewise linear (it uses {seen}); pass linearize=True to "
                              "freeze those nonlinearities at the clean pass (see the README's DMBP section)")
     return Linearization(units, pools, logits)
@@ -225,8 +228,8 @@ def gated_forward(model: nn.Module, x: Tensor, state: Linearization, masks: Sequ
     """``G(x; masks)``: ``model(x)`` with ``state``'s gates, offsets and max-pool indices frozen and
     mask ``masks[k]`` on the ``k``-th masked unit (``None``: no masks, so ``G(x₀) = F(x₀)``).
 
-    ``x`` must have ``state``'s batch size (use :meth:`Linearization.repeat` for repeated batches).
-    Differentiable in ``x`` and in the masks.
+    ``x`` has the clean batch's size or a multiple of it: ``k`` stacked copies, ``torch.cat([x₀] * k)``
+    (the frozen state broadcasts; masks have the stacked size). Differentiable in ``x`` and the masks.
     """
     if masks is not None and len(masks) != len(state.masked_units):
         raise PyExplainError(f"got {len(masks)} masks for {len(state.masked_units)} masked activation calls")
@@ -234,7 +237,8 @@ def gated_forward(model: nn.Module, x: Tensor, state: Linearization, masks: Sequ
 
     def next_unit(f: Tensor) -> FrozenUnit:
         k = counters["unit"]
-        if k >= len(state.units) or state.units[k].shape != tuple(f.shape):
+        shape = state.units[k].shape if k < len(state.units) else None
+        if shape is None or shape[1:] != tuple(f.shape[1:]) or f.shape[0] % shape[0]:
             raise PyExplainError("the model's activation calls differ from the clean pass "
                                  "(data-dependent control flow or a different batch size)")
         counters["unit"] += 1
@@ -261,8 +265,9 @@ def gated_forward(model: nn.Module, x: Tensor, state: Linearization, masks: Sequ
         counters["pool"] += 1
         idx = state.pool_indices[k]
         out = _gather_pool(bound["input"], idx)
-        wants = func in (F.max_pool2d_with_indices, F.adaptive_max_pool2d_with_indices) or bool(bound.get("return_indices"))
-        return (out, idx) if wants else out
+        if not _wants_indices(func, bound):
+            return out
+        return out, idx.repeat(out.shape[0] // idx.shape[0], *([1] * (idx.ndim - 1)))
 
     handlers = {func: pool for func in _MAX_POOLS}
     handlers.update({func: _unsupported_pool for func in _OTHER_MAX_POOLS})

@@ -52,7 +52,6 @@ class DMBPObjective:
             raise PyExplainError("dmbp decomposes the logit; use score='logit'")
         self.model, self.x, self.n = model, x.detach(), x.shape[0]
         self.state = linearize_model(model, self.x, smooth=smooth)
-        self.pair = self.state.repeat(2)
         self.classes = targets.resolve(self.state.logits)
         self.shapes = [u.shape for u in self.state.masked_units]
         with torch.no_grad():
@@ -75,7 +74,7 @@ class DMBPObjective:
 
     def _pair(self, sigmas: list[Tensor], x_pair: Tensor) -> Tensor:
         masks = [torch.cat([s, 1 - s]) for s in sigmas]
-        out = gated_forward(self.model, x_pair, self.pair, masks)
+        out = gated_forward(self.model, x_pair, self.state, masks)
         return _pick(out, self.classes.repeat(2)) - self.constant.repeat(2)
 
     def input_gradients(self, logits: list[Tensor]) -> tuple[Tensor, Tensor]:
