@@ -224,6 +224,12 @@ def test_linearize_option_is_exact_at_sigma_one(activation):
     assert torch.isfinite(e.attribution).all()
 
 
+@pytest.mark.parametrize("layer", [nn.LayerNorm([4, 10, 10]), nn.GroupNorm(2, 4), nn.Softmax(1)])
+def test_data_dependent_layers_are_refused(layer):
+    with pytest.raises(PyExplainError, match="does not support"):
+        pyexplain.explain(_smooth_net(nn.Sequential(nn.ReLU(), layer)), small_input(), "dmbp", iterations=1)
+
+
 @pytest.mark.parametrize("linearize", [False, True])
 def test_elu_is_refused_even_with_linearize(linearize):
     with pytest.raises(PyExplainError, match="uses elu.*does not cover"):

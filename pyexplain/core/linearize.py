@@ -125,8 +125,10 @@ _ADAPTIVE_SIGNATURE = inspect.signature(F.adaptive_max_pool2d_with_indices)
 _MAX_POOLS = {F.max_pool2d: _POOL_SIGNATURE, F.max_pool2d_with_indices: _POOL_SIGNATURE,
               torch.max_pool2d: _POOL_SIGNATURE, F.adaptive_max_pool2d: _ADAPTIVE_SIGNATURE,
               F.adaptive_max_pool2d_with_indices: _ADAPTIVE_SIGNATURE}
-_OTHER_MAX_POOLS = (F.max_pool1d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool3d,
-                    torch.max_pool1d, torch.max_pool3d)
+# Data-dependent operations the linearization does not freeze: refused, not silently mishandled.
+_REFUSED = (F.max_pool1d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool3d, torch.max_pool1d,
+            torch.max_pool3d, F.layer_norm, F.group_norm, F.instance_norm, F.softmax, F.log_softmax,
+            torch.softmax, torch.Tensor.softmax, torch.log_softmax, torch.Tensor.log_softmax)
 
 
 def _wants_indices(func, bound: dict) -> bool:
@@ -157,8 +159,9 @@ def _gather_pool(x: Tensor, idx: Tensor) -> Tensor:
     return planes.view(k * n, *idx.shape[1:])
 
 
-def _unsupported_pool(func, args, kwargs):
-    raise PyExplainError(f"{getattr(func, '__name__', func)} is not supported by the linearization (2-D max-pooling is)")
+def _refuse(func, args, kwargs):
+    raise PyExplainError(f"the model calls {getattr(func, '__name__', func)}, which the piecewise-linear "
+                         "linearization does not support (1-D/3-D max-pooling, layer/group/instance norm, softmax)")
 
 
 def linearize(model: nn.Module, x: Tensor, *, smooth: bool = False) -> Linearization:
@@ -204,7 +207,7 @@ def linearize(model: nn.Module, x: Tensor, *, smooth: bool = False) -> Lineariza
         return out
 
     handlers = {func: pool for func in _MAX_POOLS}
-    handlers.update({func: _unsupported_pool for func in _OTHER_MAX_POOLS})
+    handlers.update({func: _refuse for func in _REFUSED})
     if smooth:
         handlers.update({func: self_gated for func in _SELF_GATED})
         handlers.update({func: frozen_output for func in _FROZEN_OUTPUT})
@@ -270,7 +273,7 @@ def gated_forward(model: nn.Module, x: Tensor, state: Linearization, masks: Sequ
         return out, idx.repeat(out.shape[0] // idx.shape[0], *([1] * (idx.ndim - 1)))
 
     handlers = {func: pool for func in _MAX_POOLS}
-    handlers.update({func: _unsupported_pool for func in _OTHER_MAX_POOLS})
+    handlers.update({func: _refuse for func in _REFUSED})
     if any(u.kind in _SELF_GATED_KINDS or not u.masked for u in state.units):
         handlers.update({func: smooth_unit for func in (*_SELF_GATED, *_FROZEN_OUTPUT)})
     with intercept_activations(model, rule, handlers):
