@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..api import eval_mode
 from ..core.targets import Targets, target_scores
 from ..errors import PyExplainError
 from ..io import atomic_write
@@ -39,51 +40,54 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
     top-1 class): Adam on the mean per-image LPR loss. With more than ``batch_size`` images the clean
     forward passes are recomputed per chunk and iteration (bounded memory); otherwise kept."""
     images = images.detach()
-    f_ref = reference_activations(model, images, head) if reference else None
     chunks = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
+    with eval_mode(model):
+        f_ref = reference_activations(model, images, head) if reference else None
 
-    def build(chunk: Tensor) -> tuple[RuleGraph, Targets]:
-        targets = Targets(None)
-        graph = RuleGraph.build(model, chunk, targets, variant=variant, f_ref=f_ref,
-                                keep_activation_mask=keep_activation_mask, head=head)
-        return graph, targets
+        def build(chunk: Tensor) -> tuple[RuleGraph, Targets]:
+            targets = Targets(None)
+            graph = RuleGraph.build(model, chunk, targets, variant=variant, f_ref=f_ref,
+                                    keep_activation_mask=keep_activation_mask, head=head)
+            return graph, targets
 
-    kept = [build(chunks[0])] if len(chunks) == 1 else None
-    sites = (kept or [build(chunks[0])])[0][0].sites
-    weights = [torch.full((site.call.shape[1],), float(init), dtype=images.dtype, device=images.device,
-                          requires_grad=True) for site in sites]
-    optimizer = torch.optim.Adam(weights, lr=lr)
-    history: list[float] = []
-    bar = tqdm(range(iterations), desc="fit-rules", unit="it", disable=not progress, file=sys.stderr, leave=False)
-    for _ in bar:
-        total = 0.0
-        grads = [torch.zeros_like(w) for w in weights]
-        for k, chunk in enumerate(chunks):
-            graph, targets = kept[0] if kept else build(chunk)
-            if len(graph.sites) != len(weights):
-                raise PyExplainError("the model's activation calls differ between images; cannot share rules")
-            graph.bind([w.reshape(s.shape("channel", 1)) for w, s in zip(weights, graph.sites)])
-            with torch.enable_grad():
-                a = graph.attribution(create_graph=True)
-                clean = target_scores(graph.logits, targets.indices, targets.score)
-                loss, _, _ = row_losses(model, graph.x, a, targets.indices, clean, targets.score, config)
-                loss = loss.sum() / images.shape[0]
-                for g, part in zip(grads, torch.autograd.grad(loss, weights)):
-                    g += part
-            total += float(loss)
-        for w, g in zip(weights, grads):
-            w.grad = g
-        optimizer.step()
-        history.append(total)
-        bar.set_postfix(loss=f"{total:.4g}")
-    bar.close()
+        kept = build(chunks[0])
+        calls = [site.call for site in kept[0].sites]
+        if len(chunks) > 1:
+            kept = None  # rebuilt chunk by chunk
+        weights = [torch.full((call.shape[1],), float(init), dtype=images.dtype, device=images.device,
+                              requires_grad=True) for call in calls]
+        optimizer = torch.optim.Adam(weights, lr=lr)
+        history: list[float] = []
+        bar = tqdm(range(iterations), desc="fit-rules", unit="it", disable=not progress, file=sys.stderr, leave=False)
+        for _ in bar:
+            total = 0.0
+            grads = [torch.zeros_like(w) for w in weights]
+            for chunk in chunks:
+                graph, targets = kept or build(chunk)
+                if len(graph.sites) != len(weights):
+                    raise PyExplainError("the model's activation calls differ between images; cannot share rules")
+                graph.bind([w.reshape(s.shape("channel", 1)) for w, s in zip(weights, graph.sites)])
+                with torch.enable_grad():
+                    a = graph.attribution(create_graph=True)
+                    clean = target_scores(graph.logits, targets.indices, targets.score)
+                    loss, _, _ = row_losses(model, graph.x, a, targets.indices, clean, targets.score, config)
+                    loss = loss.sum() / images.shape[0]
+                    for g, part in zip(grads, torch.autograd.grad(loss, weights)):
+                        g += part
+                total += float(loss.detach())
+            for w, g in zip(weights, grads):
+                w.grad = g
+            optimizer.step()
+            history.append(total)
+            bar.set_postfix(loss=f"{total:.4g}")
+        bar.close()
     return {
         "format": FORMAT, "version": VERSION, "model": model_name,
         "input_shape": list(images.shape[1:]), "images": int(images.shape[0]), "iterations": int(iterations),
         "variant": variant, "reference": bool(reference), "keep_activation_mask": bool(keep_activation_mask),
         "head": bool(head), "loss_history": torch.tensor(history),
-        "calls": [{"index": s.call.index, "kind": s.call.kind, "module": s.call.module_name,
-                   "shape": list(s.call.shape[1:])} for s in sites],
+        "calls": [{"index": c.index, "kind": c.kind, "module": c.module_name, "shape": list(c.shape[1:])}
+                  for c in calls],
         "weights": [w.detach().cpu().clone() for w in weights],
     }
 
@@ -101,7 +105,9 @@ def load_rules(path: str | os.PathLike) -> dict[str, Any]:
     try:
         rules = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise PyExplainError(f"cannot read rules file {str(path)!r}: {str(exc).splitlines()[0]}") from None
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise PyExplainError(f"cannot read rules file {str(path)!r} (not a rules file written by pyexplain "
+                             f"fit-rules: {type(exc).__name__} {detail})") from None
     return check_rules(rules, str(path))
 
 

@@ -69,7 +69,7 @@ def optimize_rules(model: nn.Module, graph: RuleGraph, weights: list[Tensor], ta
         run = step + 1
         bar.set_postfix(loss=f"{float(value[active].mean()):.4g}")
         if patience:
-            improved = value < best - tol * best.abs()
+            improved = ~torch.isfinite(best) | (value < best - tol * best.abs())
             stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
             best = torch.minimum(best, value)
             active &= stale < patience
