@@ -60,7 +60,7 @@ def worker(name: str, mode: str, iterations: int, batch: int) -> dict:
                 lpr_naive(model, x[i:i + 1], target, iterations=k)
     else:
         def run(k: int):
-            pyexplain.explain(model, x, "lpr", iterations=k)
+            pyexplain.explain(model, x, "lpr", iterations=k, normalize="minmax")  # as the naive
     base = _rss_mb()
     run(1)
     start = time.perf_counter()

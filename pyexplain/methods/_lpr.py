@@ -240,7 +240,7 @@ class LossConfig:
     lam: float = 0.1
     mask: str = "sigmoid"
     smooth_sigma: float = 4.0
-    normalize: str = "minmax"
+    normalize: str = "symmetric"
 
 
 def masks(attribution: Tensor, config: LossConfig) -> tuple[Tensor, Tensor]:

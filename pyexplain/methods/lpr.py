@@ -98,7 +98,7 @@ def lpr(
     model: nn.Module, x: Tensor, targets: Targets, *,
     iterations: int = 50, lr: float = 0.2, gamma: float = 10.0, alpha: float = 0.75, beta: float = 0.25,
     lam: float = 0.1, arch: str = "position", variant: str = "feature", reference: bool = True,
-    mask: str = "sigmoid", smooth_sigma: float = 4.0, normalize: str = "minmax", keep_activation_mask: bool = False,
+    mask: str = "sigmoid", smooth_sigma: float = 4.0, normalize: str = "symmetric", keep_activation_mask: bool = False,
     head: bool = False, init: float = 1.0, init_std: float = 0.0, seed: int = 0, patience: int = 0,
     tol: float = 1e-4, return_masks: bool = False, rules: str | os.PathLike | dict[str, Any] | None = None,
     progress: bool = False,
@@ -108,6 +108,9 @@ def lpr(
     masks ``Mp = 1 − σ(γ(â − α))``, ``Mn = σ(γ(â − β))`` of the normalized map ``â``, loss
     ``F_t(I⊙Mp) − F_t(I) + F_t(I) − F_t(I⊙Mn) + λ(mean|1−Mp| + mean|1−Mn|)`` minimized by Adam.
 
+    ``normalize``: the map's per-image ``[0, 1]`` scaling before the masks, ``"symmetric"``
+    (``(a/max|a| + 1)/2``, zero stays at 0.5) or ``"minmax"``; ``mask="smooth"`` Gaussian-smooths it
+    (σ = ``smooth_sigma`` pixels) first. ``patience``/``tol``: per-row early stop on a loss plateau.
     ``arch``: ``"position"`` (one weight per channel and position) or ``"channel"``; ``W`` starts at
     ``init`` (+ seeded ``N(0, init_std²)``); ``head`` also puts rules on the classifier head's
     activations. ``rules``: a file (or loaded dict) from ``pyexplain fit-rules``, used as a fixed rule.
