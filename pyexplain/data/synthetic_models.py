@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .cache import cached_state
-from .synthetic import CLASSES, make_synthetic
+from .synthetic import CLASSES, SyntheticSet, make_synthetic
 from .training import Split, seeded_init, train_classifier
 
 VERSION = 1
@@ -75,14 +75,18 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], int]] = {  # name → (f
 }
 
 
-def synthetic_splits(seed: int = 0) -> tuple[Split, Split]:
-    """``(train, test)`` for model ``seed`` (disjoint generator seeds). Training: 2,400 single-shape
-    images and 600 two-class images, each of the latter once per class it holds (so the softmax
-    learns to share its mass between two present classes, which cIM scores); test: 600 single-shape."""
+def synthetic_train_set(seed: int = 0) -> Split:
+    """Training set of model ``seed``: 2,400 single-shape images and 600 two-class images, each of the
+    latter once per class it holds (so the softmax learns to share its mass between two present
+    classes, which cIM scores)."""
     single = make_synthetic(TRAIN_SIZE, seed + TRAIN_SEED_OFFSET)
     two = make_synthetic(TRAIN_TWO_CLASS, seed + TWO_CLASS_SEED_OFFSET, two_class=True)
-    train = Split(torch.cat([single.x, two.x, two.x]), torch.cat([single.y, two.labels[:, 0], two.labels[:, 1]]))
-    return train, make_synthetic(TEST_SIZE, seed + TEST_SEED_OFFSET)
+    return Split(torch.cat([single.x, two.x, two.x]), torch.cat([single.y, two.labels[:, 0], two.labels[:, 1]]))
+
+
+def synthetic_test_set(seed: int = 0, n: int = TEST_SIZE) -> SyntheticSet:
+    """Test set of model ``seed``: ``n`` single-shape images (generator seed disjoint from training)."""
+    return make_synthetic(n, seed + TEST_SEED_OFFSET)
 
 
 def train_synthetic_model(name: str, train: Split, seed: int = 0, epochs: int | None = None) -> nn.Module:
@@ -92,11 +96,11 @@ def train_synthetic_model(name: str, train: Split, seed: int = 0, epochs: int | 
     return train_classifier(model, train, epochs=epochs or default_epochs, lr=3e-3, batch_size=64, seed=seed)
 
 
-def load_synthetic_model(name: str, seed: int = 0, device: str | torch.device = "cpu", retrain: bool = False) -> tuple[nn.Module, Split]:
+def load_synthetic_model(name: str, seed: int = 0, device: str | torch.device = "cpu", retrain: bool = False) -> tuple[nn.Module, SyntheticSet]:
     """The trained ``synthetic_vgg`` / ``synthetic_resnet`` (eval mode) and its single-shape test set;
     trains and caches it on first use."""
-    train, test = synthetic_splits(seed)
-    state = cached_state(f"{name}-v{VERSION}-seed{seed}.pt", lambda: train_synthetic_model(name, train, seed).state_dict(), retrain)
+    state = cached_state(f"{name}-v{VERSION}-seed{seed}.pt",
+                         lambda: train_synthetic_model(name, synthetic_train_set(seed), seed).state_dict(), retrain)
     model = ARCHITECTURES[name][0]()
     model.load_state_dict(state)
-    return model.to(device).eval(), test
+    return model.to(device).eval(), synthetic_test_set(seed)
