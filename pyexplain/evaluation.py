@@ -36,7 +36,7 @@ METRICS: dict[str, tuple[str, bool]] = {
 }
 CURVE_METRICS = ("morf", "lerf", "insertion", "deletion", "cim")
 #: scikit-image photos used as the builtin set of ImageNet models (ImageNet-like subjects).
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "motorcycle_left")
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
