@@ -22,7 +22,8 @@ def reference_like(reference: float | Tensor, x: Tensor, name: str = "reference"
     try:
         return ref.expand_as(x).contiguous()
     except RuntimeError:
-        raise PyExplainError(f"{name} of shape {tuple(ref.shape)} does not broadcast to the input {tuple(x.shape)}") from None
+        raise PyExplainError(
+            f"{name} of shape {tuple(ref.shape)} does not broadcast to the input {tuple(x.shape)}") from None
 
 
 def _pool_call(args: tuple, kwargs: dict) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]], bool]:
@@ -47,23 +48,23 @@ class _RescaleMaxPool(torch.autograd.Function):
     def forward(ctx, x, x_ref, pool, eps):
         out, idx = pool(x)
         out_ref, idx_ref = pool(x_ref)
-        ctx.save_for_backward(x, x_ref, out, out_ref, idx, idx_ref)
+        high = torch.maximum(out, out_ref)
+        ctx.save_for_backward(x - x_ref, high - out_ref, out - high, idx, idx_ref)
         ctx.eps = eps
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, x_ref, out, out_ref, idx, idx_ref = ctx.saved_tensors
-        high = torch.maximum(out, out_ref)
+        delta, won_by_input, won_by_reference, idx, idx_ref = ctx.saved_tensors
         idx, idx_ref = idx.flatten(-2), idx_ref.flatten(-2)
-        contribution = torch.zeros_like(x).flatten(-2)
-        contribution.scatter_add_(-1, idx, (g * (high - out_ref)).flatten(-2))
-        contribution.scatter_add_(-1, idx_ref, (g * (out - high)).flatten(-2))
-        gradient = torch.zeros_like(x).flatten(-2).scatter_add_(-1, idx, g.flatten(-2))
-        delta = (x - x_ref).flatten(-2)
-        distinct = delta.abs() >= ctx.eps
-        g_in = torch.where(distinct, contribution / torch.where(distinct, delta, torch.ones_like(delta)), gradient)
-        return g_in.view_as(x), None, None, None
+        contribution = torch.zeros_like(delta).flatten(-2)
+        contribution.scatter_add_(-1, idx, (g * won_by_input).flatten(-2))
+        contribution.scatter_add_(-1, idx_ref, (g * won_by_reference).flatten(-2))
+        gradient = torch.zeros_like(contribution).scatter_add_(-1, idx, g.flatten(-2))
+        flat = delta.flatten(-2)
+        distinct = flat.abs() >= ctx.eps
+        g_in = torch.where(distinct, contribution / torch.where(distinct, flat, torch.ones_like(flat)), gradient)
+        return g_in.view_as(delta), None, None, None
 
 
 def _record_reference(model: nn.Module, reference: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -92,7 +93,8 @@ def _mismatch(what: str) -> PyExplainError:
 @register_method(
     "deeplift",
     description="DeepLIFT rescale rule: differences from a reference (zero by default) propagated as multipliers",
-    paper="Shrikumar, Greenside, Kundaje: Learning Important Features Through Propagating Activation Differences (ICML 2017)",
+    paper="Shrikumar, Greenside, Kundaje: Learning Important Features Through Propagating Activation Differences "
+          "(ICML 2017)",
     cost="2 forwards + 1 backward",
 )
 def deeplift(

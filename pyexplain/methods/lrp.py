@@ -49,13 +49,13 @@ class _EpsilonRule(torch.autograd.Function):
         with torch.enable_grad():
             ctx.x = x.detach().requires_grad_(True)
             ctx.z = fn(ctx.x)
-        ctx.epsilon = epsilon
+        # Kept apart from the returned output, which a later in-place operation may overwrite.
+        ctx.denominator = stabilize(ctx.z.detach(), epsilon)
         return ctx.z.detach()
 
     @staticmethod
     def backward(ctx, relevance: Tensor):
-        scaled = relevance / stabilize(ctx.z.detach(), ctx.epsilon)
-        (contribution,) = torch.autograd.grad(ctx.z, ctx.x, scaled)
+        (contribution,) = torch.autograd.grad(ctx.z, ctx.x, relevance / ctx.denominator)
         return ctx.x.detach() * contribution, None, None
 
 
@@ -88,10 +88,12 @@ def _handlers(epsilon: float) -> dict:
 
     def residual_sum(func, args, kwargs):
         a, b = (args + (None, None))[:2]
-        if (kwargs.get("alpha", 1) == 1 and _carries_relevance(a) and _carries_relevance(b)
+        if not (kwargs.get("alpha", 1) == 1 and _carries_relevance(a) and _carries_relevance(b)
                 and a.shape == b.shape):
-            return _ProportionalSum.apply(a, b, epsilon)
-        return func(*args, **kwargs)
+            return func(*args, **kwargs)
+        if func is Tensor.add_:  # ``a += b`` keeps its in-place semantics
+            return a.copy_(_ProportionalSum.apply(a.clone(), b, epsilon))
+        return _ProportionalSum.apply(a, b, epsilon)
 
     linear_ops = (F.conv1d, F.conv2d, F.conv3d, F.linear, F.batch_norm, F.avg_pool1d, F.avg_pool2d,
                   F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
@@ -105,7 +107,8 @@ def pass_through_rule(call: ActivationCall, x: Tensor) -> Tensor:
 
 
 def _fingerprint(model: nn.Module) -> tuple:
-    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in list(model.parameters()) + list(model.buffers()))
+    tensors = list(model.parameters()) + list(model.buffers())
+    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
 
 def folded(model: nn.Module) -> nn.Module:
@@ -116,15 +119,17 @@ def folded(model: nn.Module) -> nn.Module:
         try:
             cached = (key, canonize.fold_batchnorm(model))
         except PyExplainError as exc:
-            raise PyExplainError(f"{exc}; pass fold_batchnorm=False to apply the ε-rule to BatchNorm as its own layer") from None
+            raise PyExplainError(
+                f"{exc}; pass fold_batchnorm=False to apply the ε-rule to BatchNorm as its own layer") from None
         _FOLDED[model] = cached
     return cached[1]
 
 
 @register_method(
     "lrp_epsilon",
-    description="layer-wise relevance propagation, ε-rule on conv/linear (BatchNorm folded), proportional residual sums",
-    paper="Bach et al.: On Pixel-Wise Explanations for Non-Linear Classifier Decisions by Layer-Wise Relevance Propagation (PLoS ONE 2015)",
+    description="layer-wise relevance propagation: ε-rule on conv/linear (BatchNorm folded), proportional residual sums",
+    paper="Bach et al.: On Pixel-Wise Explanations for Non-Linear Classifier Decisions by Layer-Wise Relevance "
+          "Propagation (PLoS ONE 2015)",
     cost="1 forward + 1 backward",
 )
 def lrp_epsilon(

@@ -33,7 +33,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     "occlusion",
     description="score drop when a sliding patch (all channels) is replaced by a constant",
     paper="Zeiler, Fergus: Visualizing and Understanding Convolutional Networks (ECCV 2014)",
-    cost="⌈(H−window)/stride+1⌉·⌈(W−window)/stride+1⌉ + 1 forwards (169 at 224 px with the defaults)",
+    cost="(⌈(H−window)/stride⌉+1)·(⌈(W−window)/stride⌉+1) + 1 forwards (170 at 224 px with the defaults)",
     iterative=True,
 )
 def occlusion(

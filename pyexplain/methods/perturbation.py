@@ -64,7 +64,8 @@ def meaningful_perturbation(
     for i in progress_bar(range(iterations), iterations, progress, "meaningful_perturbation"):
         with torch.enable_grad():
             scores = target_scores(model(blend(x, background, _upsample(mask, (h, w)))), t, score)
-            loss = scores + area_weight * (1 - mask).abs().flatten(1).mean(1) + tv_weight * total_variation(mask, tv_beta)
+            area = (1 - mask).abs().flatten(1).mean(1)
+            loss = scores + area_weight * area + tv_weight * total_variation(mask, tv_beta)
             (mask.grad,) = torch.autograd.grad(loss.sum(), mask)
         optimizer.step()
         with torch.no_grad():
@@ -118,8 +119,8 @@ def _areas(areas: float | tuple[float, ...] | list[float]) -> list[float]:
 def extremal_perturbation(
     model: nn.Module, x: Tensor, targets: Targets, *, areas: float | tuple[float, ...] = 0.1,
     iterations: int = 300, learning_rate: float = 0.05, step: int = 7, sigma: float = 21.0,
-    temperature: float = 20.0, blur_sigma: float = 20.0, area_weight: float = 30.0, area_weight_growth: float = 164.0,
-    variant: str = "preserve", jitter: bool = True, progress: bool = False,
+    temperature: float = 20.0, blur_sigma: float = 20.0, area_weight: float = 30.0,
+    area_weight_growth: float = 164.0, variant: str = "preserve", jitter: bool = True, progress: bool = False,
 ) -> MethodResult:
     """For each area ``a``, maximize ``F_t(x ⊙ m + blur(x) ⊙ (1 − m))`` (``variant="preserve"``; with
     ``"delete"``, minimize it with ``1 − m`` in place of ``m``) minus ``λ ‖sort(m) − r_a‖²/HW``, where
@@ -128,10 +129,12 @@ def extremal_perturbation(
 
     ``m`` is a :class:`SmoothMask` (``step``, ``sigma``, ``temperature``); its parameters start at 1
     and are optimized by Adam (``learning_rate``) and clipped to [0, 1]. ``λ`` grows geometrically
-    from ``area_weight`` to ``area_weight · area_weight_growth`` over the run; with ``jitter`` the perturbed image is flipped left-right on every other
-    iteration. The score is the one given to ``explain`` (the logit by default). The attribution
-    is the mean of the areas' masks, spread evenly over the channels; extras: ``masks``
-    ``[N, len(areas), H, W]`` and ``loss_history`` ``[N, iterations]`` (summed over areas).
+    from ``area_weight`` to ``area_weight · area_weight_growth`` over the run; with ``jitter`` the
+    perturbed image is flipped left-right on every other iteration. ``step``, ``sigma`` and
+    ``blur_sigma`` are in pixels, chosen for 224 × 224 inputs; scale them with the image. The score
+    is the one given to ``explain`` (the logit by default). The attribution is the mean of the
+    areas' masks, spread evenly over the channels; extras: ``masks`` ``[N, len(areas), H, W]`` and
+    ``loss_history`` ``[N, iterations]`` (summed over areas).
     """
     values = _areas(areas)
     if variant not in ("preserve", "delete"):
