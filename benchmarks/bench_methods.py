@@ -25,7 +25,29 @@ FAST_OPTIONS: dict[str, dict] = {
     "integrated_gradients": {"steps": 16},
     "smoothgrad": {"samples": 8},
     "smoothgrad_sq": {"samples": 8},
+    "blur_ig": {"steps": 16},
+    "occlusion": {"window": 56, "stride": 28},
+    "rise": {"masks": 64},
+    "meaningful_perturbation": {"iterations": 5},
+    "extremal_perturbation": {"iterations": 5},
 }
+
+
+def _captum_adapted(method: str, model, x):
+    """The model as Captum's DeepLift/LRP need it (one module per activation call, ReLU6 as
+    relu(x) − relu(x − 6), residual adds as Addition_Module for LRP), or None where Captum's LRP
+    cannot express the model (ReLU6, ZeroPad2d). Built once, outside the timed call."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from baseline_oracles import captum_lrp_resnet, distinct_activations
+    from torchvision.models import ResNet
+
+    if method == "deeplift":
+        return distinct_activations(model, x)
+    if isinstance(model, ResNet):
+        return captum_lrp_resnet(model, x, 1e-6)
+    if any(isinstance(m, (torch.nn.ReLU6, torch.nn.ZeroPad2d)) for m in model.modules()):
+        return None
+    return distinct_activations(model, x)
 
 
 def captum_runner(method: str, model, x, target: int, options: dict) -> Callable[[], object] | None:
@@ -34,6 +56,8 @@ def captum_runner(method: str, model, x, target: int, options: dict) -> Callable
 
     layer = lambda: get_layer(model, default_cam_layer(model, x))  # noqa: E731
     sigma = 0.15 * float(x.max() - x.min())
+    adapted = _captum_adapted(method, model, x) if method in ("deeplift", "lrp_epsilon") else None
+    window, stride = options.get("window", 32), options.get("stride", 16)
     table = {
         "saliency": lambda: ca.Saliency(model).attribute(x, target=target),
         "gradxinput": lambda: ca.InputXGradient(model).attribute(x, target=target),
@@ -47,7 +71,14 @@ def captum_runner(method: str, model, x, target: int, options: dict) -> Callable
         "deconvnet": lambda: ca.Deconvolution(model).attribute(x, target=target),
         "gradcam": lambda: ca.LayerGradCam(model, layer()).attribute(x, target=target, relu_attributions=True),
         "guided_gradcam": lambda: ca.GuidedGradCam(model, layer()).attribute(x, target=target),
+        "deeplift": lambda: ca.DeepLift(adapted).attribute(x, target=target, baselines=torch.zeros_like(x)),
+        "lrp_epsilon": lambda: ca.LRP(adapted).attribute(x, target=target),
+        "occlusion": lambda: ca.Occlusion(model).attribute(
+            x, target=target, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0.0,
+            perturbations_per_eval=64),
     }
+    if method == "lrp_epsilon" and adapted is None:
+        return None
     return table.get(method)
 
 

@@ -1,0 +1,153 @@
+"""DeepLIFT with the rescale rule, on the shared activation-call interception."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.activations import ActivationCall, intercept_activations
+from ..core.rules import replace_backward
+from ..core.targets import Targets
+from ..errors import PyExplainError
+from ..registry import register_method
+
+_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def reference_like(reference: float | Tensor, x: Tensor, name: str = "reference") -> Tensor:
+    """``reference`` (a number or a tensor broadcastable to ``x``) expanded to ``x``'s shape."""
+    ref = torch.as_tensor(reference, dtype=x.dtype, device=x.device)
+    try:
+        return ref.expand_as(x).contiguous()
+    except RuntimeError:
+        raise PyExplainError(
+            f"{name} of shape {tuple(ref.shape)} does not broadcast to the input {tuple(x.shape)}") from None
+
+
+def _pool_call(args: tuple, kwargs: dict) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]], bool]:
+    """Split a ``F.max_pool2d`` call into its input, a pooling function returning indices, and whether
+    the caller asked for the indices."""
+    params = dict(zip(_POOL_ARGS, args), **kwargs)
+    wants_indices = bool(params.pop("return_indices", False))
+    x = params.pop("input")
+    return x, lambda t: F.max_pool2d(t, **params, return_indices=True), wants_indices
+
+
+class _RescaleMaxPool(torch.autograd.Function):
+    """Max-pooling whose backward hands out ``Δout = out − out_ref`` as DeepLIFT contributions.
+
+    Per window, ``max(out, out_ref) − out_ref`` goes to the input's winning position and
+    ``out − max(out, out_ref)`` (non-zero only when the reference's maximum is larger) to the
+    reference's winning position; overlapping windows add. The multiplier passed down is the
+    contribution divided by ``x − x_ref`` (the plain max-pool gradient where ``|x − x_ref| < eps``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, x_ref, pool, eps):
+        out, idx = pool(x)
+        out_ref, idx_ref = pool(x_ref)
+        high = torch.maximum(out, out_ref)
+        ctx.save_for_backward(x - x_ref, high - out_ref, out - high, idx, idx_ref)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        delta, won_by_input, won_by_reference, idx, idx_ref = ctx.saved_tensors
+        idx, idx_ref = idx.flatten(-2), idx_ref.flatten(-2)
+        contribution = torch.zeros_like(delta).flatten(-2)
+        contribution.scatter_add_(-1, idx, (g * won_by_input).flatten(-2))
+        contribution.scatter_add_(-1, idx_ref, (g * won_by_reference).flatten(-2))
+        gradient = torch.zeros_like(contribution).scatter_add_(-1, idx, g.flatten(-2))
+        flat = delta.flatten(-2)
+        distinct = flat.abs() >= ctx.eps
+        g_in = torch.where(distinct, contribution / torch.where(distinct, flat, torch.ones_like(flat)), gradient)
+        return g_in.view_as(delta), None, None, None
+
+
+def _record_reference(model: nn.Module, reference: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Inputs of every activation call and every max-pool call of the reference's forward pass."""
+    activations: list[Tensor] = []
+    pools: list[Tensor] = []
+
+    def record(call: ActivationCall, x: Tensor) -> Tensor:
+        activations.append(x.detach())
+        return call.forward(x)
+
+    def record_pool(func, args, kwargs):
+        pools.append(args[0].detach() if args else kwargs["input"].detach())
+        return func(*args, **kwargs)
+
+    with torch.no_grad(), intercept_activations(model, record, {F.max_pool2d: record_pool}):
+        model(reference)
+    return activations, pools
+
+
+def _mismatch(what: str) -> PyExplainError:
+    return PyExplainError(f"the model's forward pass on the reference differs from the one on the input ({what}); "
+                          "DeepLIFT needs the same sequence of operations for both")
+
+
+@register_method(
+    "deeplift",
+    description="DeepLIFT rescale rule: differences from a reference (zero by default) propagated as multipliers",
+    paper="Shrikumar, Greenside, Kundaje: Learning Important Features Through Propagating Activation Differences "
+          "(ICML 2017)",
+    cost="2 forwards + 1 backward",
+)
+def deeplift(
+    model: nn.Module, x: Tensor, targets: Targets, *, reference: float | Tensor = 0.0, maxpool: str = "rescale",
+    eps: float = 1e-10,
+) -> Tensor:
+    """``A = (x − x_ref) ⊙ m``, where ``m`` is the gradient of ``F_t`` with every activation's
+    derivative replaced by the rescale multiplier ``(φ(f) − φ(f_ref)) / (f − f_ref)`` (its own
+    derivative where ``|f − f_ref| < eps``).
+
+    ``maxpool="rescale"`` hands out each max-pool window's output difference as in
+    :class:`_RescaleMaxPool`; ``maxpool="gradient"`` passes multipliers to the input's winning
+    position only (the plain max-pool gradient, the DeepLIFT reference implementation's default),
+    which breaks summation to delta where the reference wins a window.
+
+    ``f_ref`` are the activation inputs recorded from a forward pass of the reference (a number or
+    a tensor broadcastable to the input; 0 = the all-zero normalized image). Summation to delta:
+    ``ΣA = F_t(x) − F_t(x_ref)`` for networks of ReLU-family activations, max/avg pooling
+    (``maxpool="rescale"``) and affine layers.
+    """
+    if maxpool not in ("rescale", "gradient"):
+        raise PyExplainError(f"maxpool must be 'rescale' or 'gradient', got {maxpool!r}")
+    ref = reference_like(reference, x)
+    ref_activations, ref_pools = _record_reference(model, ref)
+    pool_calls = 0
+
+    def rescale(call: ActivationCall, f: Tensor) -> Tensor:
+        if call.index >= len(ref_activations) or ref_activations[call.index].shape != f.shape:
+            raise _mismatch(f"activation call {call.index}")
+        f_ref = ref_activations[call.index]
+        f_now = f.detach()
+        delta = f_now - f_ref
+        distinct = delta.abs() >= eps
+        ratio = (call.forward(f_now) - call.forward(f_ref)) / torch.where(distinct, delta, torch.ones_like(delta))
+        multiplier = torch.where(distinct, ratio, call.derivative(f_now))
+        return replace_backward(call, f, lambda g: g * multiplier)
+
+    def pool(func, args, kwargs):
+        nonlocal pool_calls
+        f, pooling, wants_indices = _pool_call(args, kwargs)
+        if pool_calls >= len(ref_pools) or ref_pools[pool_calls].shape != f.shape:
+            raise _mismatch(f"max-pool call {pool_calls}")
+        out = _RescaleMaxPool.apply(f, ref_pools[pool_calls], pooling, eps)
+        pool_calls += 1
+        return (out, pooling(f.detach())[1]) if wants_indices else out
+
+    inputs = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        handlers = {F.max_pool2d: pool} if maxpool == "rescale" else {}
+        with intercept_activations(model, rescale, handlers) as tracker:
+            logits = model(inputs)
+        if len(tracker.calls) != len(ref_activations) or (handlers and pool_calls != len(ref_pools)):
+            raise _mismatch("number of activation or max-pool calls")
+        targets.resolve(logits)
+        (grad,) = torch.autograd.grad(targets.scores(logits).sum(), inputs)
+    return (x - ref) * grad

@@ -1,0 +1,70 @@
+"""DeepLIFT (rescale) against Captum and against its own summation-to-delta identity."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from captum.attr import DeepLift
+
+import pyexplain
+from pyexplain.errors import PyExplainError
+from pyexplain.models import load_model
+
+from baseline_oracles import SmallVGG, distinct_activations, randomize_batchnorm
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return randomize_batchnorm(torchvision.models.resnet18(num_classes=10))
+
+
+def _captum(model, x, targets, reference):
+    captum_model = distinct_activations(model, x)
+    return DeepLift(captum_model).attribute(x, target=targets, baselines=reference).detach()
+
+
+def test_matches_captum_on_resnet18_with_gradient_maxpool(resnet):
+    # Captum 0.9 passes the plain gradient through max-pooling (measured: it matches
+    # maxpool="gradient" to float precision), so that is where the two coincide exactly.
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ours = pyexplain.explain(resnet, x, "deeplift", target=[1, 7], maxpool="gradient").attribution
+    theirs = _captum(resnet, x, [1, 7], torch.zeros_like(x))
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6 * theirs.abs().max().item())
+
+
+def test_matches_captum_on_efficientnet_lite0():
+    # Real weights; ReLU6 (reused per block) and residual adds. Captum sees ReLU6 as
+    # relu(x) - relu(x - 6), whose two rescale multipliers sum to ReLU6's.
+    model, _ = load_model("efficientnet_lite0")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    reference = torch.full_like(x, 0.3)
+    e = pyexplain.explain(model, x, "deeplift", reference=0.3)
+    theirs = _captum(model, x, e.targets, reference)
+    torch.testing.assert_close(e.attribution, theirs, rtol=1e-4, atol=1e-5 * theirs.abs().max().item())
+
+
+@pytest.mark.parametrize("net", ["resnet18", "vgg"])
+def test_summation_to_delta_with_rescale_maxpool(net, resnet):
+    # ResNet-18's 3x3/2 max-pool overlaps; a non-constant reference makes the reference win windows.
+    model = copy.deepcopy(resnet if net == "resnet18" else randomize_batchnorm(SmallVGG())).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 48, 48, generator=g, dtype=torch.float64)
+    reference = torch.randn(1, 3, 48, 48, generator=g, dtype=torch.float64)
+    e = pyexplain.explain(model, x, "deeplift", target=[2, 4], reference=reference)
+    with torch.no_grad():
+        delta = model(x)[[0, 1], [2, 4]] - model(reference.expand_as(x))[[0, 1], [2, 4]]
+    torch.testing.assert_close(e.attribution.flatten(1).sum(1), delta, rtol=1e-9, atol=1e-12)
+    gradient_mode = pyexplain.explain(model, x, "deeplift", target=[2, 4], reference=reference, maxpool="gradient")
+    assert not torch.allclose(gradient_mode.attribution.flatten(1).sum(1), delta, rtol=1e-6)
+
+
+def test_bad_options():
+    model = SmallVGG().eval()
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(PyExplainError, match="reference"):
+        pyexplain.explain(model, x, "deeplift", reference=torch.zeros(2, 3, 16, 16))
+    with pytest.raises(PyExplainError, match="maxpool"):
+        pyexplain.explain(model, x, "deeplift", maxpool="max")
