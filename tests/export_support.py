@@ -107,16 +107,18 @@ def relative_error(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).abs().flatten(1).amax(1) / b.abs().flatten(1).amax(1).clamp_min(1e-30)
 
 
-def cases():
+def cases(single_top1: bool):
     """``(rows, target tensor, expected)`` with ``expected(name, method)`` the eager attribution: a batch
-    of 4 mixing top-1 (``-1``) and given targets, and batches of 1 with each."""
+    of 4 mixing top-1 (``-1``) and given targets, and a batch of 1 with top-1 or a given target."""
     def mixed(name, method):
         a, b = reference(name, method, 4, None), reference(name, method, 4, tuple(GIVEN))
         return torch.stack([a[0], b[1], a[2], b[3]])
 
     yield 4, torch.tensor([-1, GIVEN[1], -1, GIVEN[3]]), mixed
-    yield 1, torch.tensor([-1]), lambda name, method: reference(name, method, 1, None)
-    yield 1, torch.tensor(GIVEN[:1]), lambda name, method: reference(name, method, 1, tuple(GIVEN[:1]))
+    if single_top1:
+        yield 1, torch.tensor([-1]), lambda name, method: reference(name, method, 1, None)
+    else:
+        yield 1, torch.tensor(GIVEN[:1]), lambda name, method: reference(name, method, 1, tuple(GIVEN[:1]))
 
 
 class GateProbe(nn.Module):

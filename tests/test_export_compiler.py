@@ -177,3 +177,20 @@ def test_lpr_rules_file_equals_rule_list(tmp_path):
     torch.save({"format": "something else"}, path)
     with pytest.raises(PyExplainError, match="not a pyexplain LPR rules file"):
         compile_explainer(net, "lpr", x, rules=str(path))
+
+
+def test_lpr_export_equals_amortized_lpr(tmp_path):
+    """Rules fitted by amortized LPR (`pyexplain fit-rules`) give the same attribution exported as in
+    LPR's own fixed-rule path (runs where the LPR method is installed)."""
+    lpr_rules = pytest.importorskip("pyexplain.methods._lpr_rules")
+    from pyexplain.core.targets import Targets
+
+    net, x = model("resnet18"), images("resnet18")
+    rules = lpr_rules.fit_rules(net, x[:2], model_name="resnet18", iterations=2)
+    path = lpr_rules.save_rules(rules, tmp_path / "rules.pt")
+    targets = torch.tensor([0, 3, 1, 5])
+    expected = lpr_rules.fixed_rule_attribution(net, x, Targets(targets), str(path))
+    explainer = compile_explainer(net, "lpr", x, rules=str(path))
+    with torch.no_grad():
+        _, attribution = explainer(x, targets)
+    assert relative_error(attribution, expected).max() <= TOLERANCE
