@@ -114,7 +114,7 @@ def save_png(path: str | os.PathLike, image: Image.Image) -> Path:
 
 
 #: Photos bundled with scikit-image, usable as ``builtin:NAME`` wherever an image path is accepted.
-BUILTIN_IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry", "motorcycle_left")
+BUILTIN_IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
 
 
 def builtin_image(name: str) -> Image.Image:

@@ -8,10 +8,12 @@ functional call inside ``forward`` (Inception-v3's ``F.relu(x, inplace=True)``).
 an :class:`ActivationCall` numbered in call order, and a *rule* decides what the call returns —
 usually the activation's value with a replaced backward (see :mod:`pyexplain.core.rules`).
 
-The model itself is never modified: in-place activations are executed out of place (the caller
-receives the result, as torchvision's modules all use it), and the only hooks are two global
-module hooks that track the name of the module being run; all are removed on exit, also when the
-forward raises.
+The model itself is never modified. An in-place activation returns the rule's result as a new
+tensor (so a tensor captured before the activation keeps its place in the graph) and also writes
+the values into its input, unrecorded: code that calls ``x.relu_()`` as a statement and ignores
+the result gets the right forward values, but its backward bypasses the rule (all common
+architectures use the return value). The only hooks are two global module hooks that track the name of the
+module being run; both are removed on exit, also when the forward raises.
 """
 from __future__ import annotations
 
@@ -77,37 +79,50 @@ def identity_rule(call: ActivationCall, x: Tensor) -> Tensor:
     return call.forward(x)
 
 
+def _flag(args, kwargs, position: int) -> bool:
+    """The ``inplace`` argument, given by keyword or at ``position``."""
+    return bool(kwargs.get("inplace", args[position] if len(args) > position else False))
+
+
 def _parse_relu(args, kwargs):
-    return args[0], {}
+    return args[0], {}, _flag(args, kwargs, 1)
 
 
 def _parse_hardtanh(args, kwargs):
     low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
     high = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-    return args[0], {"low": float(low), "high": float(high)}
+    return args[0], {"low": float(low), "high": float(high)}, _flag(args, kwargs, 3)
 
 
 def _parse_relu6(args, kwargs):
-    return args[0], {"low": 0.0, "high": 6.0}
+    return args[0], {"low": 0.0, "high": 6.0}, _flag(args, kwargs, 1)
 
 
 def _parse_leaky(args, kwargs):
     slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
-    return args[0], {"negative_slope": float(slope)}
+    return args[0], {"negative_slope": float(slope)}, _flag(args, kwargs, 2)
+
+
+def _always_inplace(parse):
+    def parse_inplace(args, kwargs):
+        x, params, _ = parse(args, kwargs)
+        return x, params, True
+
+    return parse_inplace
 
 
 _ACTIVATION_FUNCTIONS: dict[Callable, tuple[str, Callable]] = {
     F.relu: ("relu", _parse_relu),
-    F.relu_: ("relu", _parse_relu),
+    F.relu_: ("relu", _always_inplace(_parse_relu)),
     torch.relu: ("relu", _parse_relu),
-    torch.relu_: ("relu", _parse_relu),
+    torch.relu_: ("relu", _always_inplace(_parse_relu)),
     torch.Tensor.relu: ("relu", _parse_relu),
-    torch.Tensor.relu_: ("relu", _parse_relu),
+    torch.Tensor.relu_: ("relu", _always_inplace(_parse_relu)),
     F.relu6: ("hardtanh", _parse_relu6),
     F.hardtanh: ("hardtanh", _parse_hardtanh),
-    F.hardtanh_: ("hardtanh", _parse_hardtanh),
+    F.hardtanh_: ("hardtanh", _always_inplace(_parse_hardtanh)),
     F.leaky_relu: ("leaky_relu", _parse_leaky),
-    F.leaky_relu_: ("leaky_relu", _parse_leaky),
+    F.leaky_relu_: ("leaky_relu", _always_inplace(_parse_leaky)),
 }
 
 #: Nonlinearities that are not piecewise linear: seen and reported, never replaced.
@@ -143,13 +158,22 @@ class _Interceptor(TorchFunctionMode):
         entry = _ACTIVATION_FUNCTIONS.get(func)
         if entry is not None:
             kind, parse = entry
-            x, params = parse(args, kwargs)
+            x, params, inplace = parse(args, kwargs)
             call = ActivationCall(
                 index=len(tracker.calls), kind=kind, module_name=tracker.current_module(),
                 shape=tuple(x.shape), **params,
             )
             tracker.calls.append(call)
-            return tracker.rule(call, x)
+            if not inplace:
+                return tracker.rule(call, x)
+            # In-place form: the rule runs on a copy and its result is returned (so tensors captured
+            # before the activation, e.g. a BN output, keep their place in the graph), and the values
+            # are also written into x, unrecorded, so a caller that ignores the return value still
+            # sees the activation's values in the forward pass.
+            result = tracker.rule(call, x.clone())
+            with torch.no_grad():
+                x.copy_(result)
+            return result
         handler = tracker.op_handlers.get(func)
         if handler is not None:
             return handler(func, args, kwargs)

@@ -1,0 +1,65 @@
+"""``pyexplain explain-dataset SRC --model M --method X --out DIR``: maps for a whole folder or list,
+resumable, and sharded across processes when started by ``torchrun``."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..dataset import Job, ModelSpec, run_dataset
+from ..dataset.config import PRECISIONS
+from ..dataset.distributed import env_world
+from ..io import atomic_write
+from ..models import DEFAULT_MODEL, read_labels
+from . import app
+from .options import parse_floats, parse_method_options, resolve_device
+
+
+@app.command("explain-dataset")
+def explain_dataset_command(
+    src: Path = typer.Argument(..., help="A folder of images (searched recursively) or a text file listing image paths."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (maps/, png/, manifest.jsonl)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name, or package.module:factory."),
+    method: str = typer.Option("gradxinput", "--method", help="Attribution method (see `pyexplain methods`)."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Class index or name for every image (default: top-1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (each torchrun rank uses cuda:LOCAL_RANK)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="State-dict file (weights_only)."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Random weights (speed work only)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side length (own models)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Normalization mean, e.g. 0.5,0.5,0.5."),
+    std: Optional[str] = typer.Option(None, "--std", help="Normalization std."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Class names file, one per line."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 8 on CPU, 32 on CUDA; halved automatically on out-of-memory)."),
+    precision: str = typer.Option("float32", "--precision", help=f"{', '.join(PRECISIONS)} (tf32 acts on CUDA only)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Run the model in channels-last memory format."),
+    png: bool = typer.Option(False, "--png", help="Also write a heatmap overlay PNG per image."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of a run with other settings in --out."),
+    seed: int = typer.Option(0, "--seed", help="Seed for torch's RNG."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with images/s on stderr."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Also write the run's summary as JSON to this file."),
+) -> None:
+    """One map (.npy) per image, output paths mirroring SRC, and a manifest (JSON lines). A rerun
+    skips finished images; under torchrun the images are shared among the ranks."""
+    job = Job(
+        src=src, out=out, method=method, options=parse_method_options(option), target=target,
+        model=ModelSpec(model, str(weights) if weights else None, random_weights, input_size,
+                        parse_floats(mean, "--mean"), parse_floats(std, "--std"),
+                        read_labels(labels) if labels else None),
+        device=resolve_device(device), batch_size=batch_size, precision=precision, channels_last=channels_last,
+        png=png, overwrite=overwrite, seed=seed, progress=progress,
+    )
+    result = run_dataset(job)
+    if env_world()[0] != 0:
+        return
+    if summary is not None:
+        text = json.dumps(asdict(result), indent=2) + "\n"
+        atomic_write(summary, lambda tmp: tmp.write_text(text))
+    print(f"{result.explained} explained, {result.already_complete} already complete, {result.unreadable} unreadable "
+          f"of {result.sources} files in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s, "
+          f"{result.world_size} process{'es' if result.world_size > 1 else ''}); manifest: {result.manifest}",
+          file=sys.stderr)

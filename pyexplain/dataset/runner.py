@@ -1,0 +1,314 @@
+"""Explain every image of a folder or list file, resumably, on one process or many (torchrun).
+
+Work plan, identical on every rank:
+
+1. Rank 0 checks the output folder against the run's configuration (``store.prepare``).
+2. *Scan*: each rank hashes a round-robin share of the sources and decides which are settled: a
+   journal record of this configuration and these source bytes with complete outputs, or a source
+   known to be unreadable. The verdicts are all-gathered.
+3. *Work*: the sorted sources are cut into fixed batches of ``batch_size`` (batch ``k`` holds
+   sources ``k·B … k·B+B−1``); every batch holding an unsettled source is explained whole, so a batch
+   always has the same rows whatever the number of ranks or what an earlier run finished, and
+   float results do not depend on either. Those batches are shared round-robin among the ranks;
+   each rank writes the outputs of its unsettled sources and journals them.
+4. Rank 0 gathers the new records and writes the manifest: one record per source, sorted.
+"""
+from __future__ import annotations
+
+import hashlib
+import resource
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..api import explain
+from ..errors import PyExplainError
+from ..io import load_image
+from ..registry import get_method
+from ..visualize import overlay
+from .config import ModelSpec, RunConfig, check_precision, resolve_options
+from .distributed import Ranks, env_world, rank_device, shard
+from .execution import BackoffBatcher, precision
+from .sources import Source, collect_sources, file_sha256
+from .store import Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest, write_npy, write_png
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``explain-dataset`` invocation. ``device`` is ``cpu``, ``cuda`` or ``cuda:N``."""
+
+    src: Path
+    out: Path
+    model: ModelSpec
+    method: str = "gradxinput"
+    options: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+    device: str = "cpu"
+    batch_size: int | None = None  #: None: 8 on CPU, 32 on CUDA
+    precision: str = "float32"
+    channels_last: bool = False
+    png: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Summary:
+    sources: int
+    explained: int
+    already_complete: int
+    unreadable: int
+    seconds: float
+    images_per_second: float
+    world_size: int
+    batch_size: int
+    micro_batch: list[int]
+    peak_rss_mib: list[float]
+    peak_cuda_mib: list[float] | None
+    manifest: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The scan's finding for one source: its hash and, when settled, its record."""
+
+    sha256: str | None
+    record: dict[str, Any] | None
+
+
+def _reason(message: object, source: Source) -> str:
+    """A message about ``source`` without its path prefix (so records do not depend on how SRC was spelled)."""
+    text = " ".join(str(message).split())
+    prefix = f"{source.path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+class _Records:
+    """Builds manifest records; every field is independent of rank, timing and SRC spelling."""
+
+    def __init__(self, config: RunConfig, model_name: str) -> None:
+        self.common = {"config": config.digest, "method": config.method, "options": config.as_json()["options"],
+                       "model": model_name, "precision": config.precision}
+
+    def unreadable(self, key: str, sha256: str | None, reason: str) -> dict[str, Any]:
+        return {**self.common, "source": key, "sha256": sha256, "status": "unreadable", "reason": reason,
+                "target": None, "label": None, "score": None, "outputs": {}, "bytes": {}, "notes": []}
+
+    def ok(self, key: str, sha256: str, target: int, label: str, score: float, outputs: dict[str, str],
+           sizes: dict[str, int], notes: list[str]) -> dict[str, Any]:
+        return {**self.common, "source": key, "sha256": sha256, "status": "ok", "reason": None, "target": target,
+                "label": label, "score": score, "outputs": outputs, "bytes": sizes, "notes": notes}
+
+
+def _scan(source: Source, prior: list[dict[str, Any]], layout: Layout, config: RunConfig, want_png: bool,
+          records: _Records) -> Verdict:
+    try:
+        sha = file_sha256(source.path)
+    except IsADirectoryError:
+        return Verdict(None, records.unreadable(source.key, None, "is a directory, not an image"))
+    except FileNotFoundError:
+        return Verdict(None, records.unreadable(source.key, None, "no such file"))
+    except OSError as exc:
+        return Verdict(None, records.unreadable(source.key, None, f"cannot read ({exc.strerror})"))
+    for record in reversed(prior):
+        if is_complete(record, layout, config.digest, sha, want_png):
+            return Verdict(sha, record)
+    if any(r.get("status") == "unreadable" and same_source(r, config.digest, sha) for r in prior):
+        try:  # cheap re-check: the same bytes are still unreadable unless e.g. the pixel limit changed
+            load_image(source.path)
+        except PyExplainError as exc:
+            return Verdict(sha, records.unreadable(source.key, sha, _reason(exc, source)))
+    return Verdict(sha, None)
+
+
+def _chunk_seed(seed: int, batch: int, start: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{batch}:{start}".encode()).digest()[:7], "little")
+
+
+class _Worker:
+    """Explains whole batches and writes the outputs of their unsettled sources."""
+
+    def __init__(self, job: Job, net: torch.nn.Module, preprocess, target: int | None, options: dict[str, Any],
+                 layout: Layout, records: _Records, journal: Journal, device: str, batch_size: int) -> None:
+        self.job, self.net, self.preprocess, self.target, self.options = job, net, preprocess, target, options
+        self.layout, self.records, self.journal, self.device = layout, records, journal, torch.device(device)
+        self.batcher = BackoffBatcher(batch_size, self._note_backoff)
+
+    @staticmethod
+    def _note_backoff(size: int) -> None:
+        print(f"note: out of memory; continuing with {size} images per step", file=sys.stderr)
+
+    def load(self, sources: list[tuple[int, Source]], verdicts: dict[int, Verdict], pending: set[int]):
+        """Decode a batch: ``(rows, unreadable_records)``; rows are ``(index, picture, notes)``; records
+        are made for the unsettled sources only."""
+        rows, unreadable = [], []
+        for index, source in sources:
+            verdict = verdicts[index]
+            if verdict.record is not None and verdict.record["status"] == "unreadable":
+                continue
+            notes: list[str] = []
+            try:
+                picture = load_image(source.path, notes.append)
+            except PyExplainError as exc:
+                if index in pending:
+                    unreadable.append(self.records.unreadable(source.key, verdict.sha256, _reason(exc, source)))
+                continue
+            rows.append((index, picture, [_reason(note, source) for note in notes]))
+        return rows, unreadable
+
+    def explain(self, batch: int, rows) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+        """Maps ``[n, H, W]``, extras, targets and scores of the batch's rows (float32, on the CPU)."""
+        x = torch.cat([self.preprocess(picture) for _, picture, _ in rows]).to(self.device)
+        if self.job.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def compute(start: int, stop: int):
+            torch.manual_seed(_chunk_seed(self.job.seed, batch, start))
+            with precision(self.job.precision, self.device.type):
+                result = explain(self.net, x[start:stop], self.job.method, target=self.target, **self.options)
+            extras = {k: (v.sum(1) if v.ndim == 4 else v).float().cpu() for k, v in result.extras.items()}
+            return result.map.float().cpu(), extras, result.targets.cpu(), result.scores.float().cpu()
+
+        parts = self.batcher.run(x.shape[0], compute)
+        maps = torch.cat([p[0] for p in parts])
+        extras = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+        return maps, extras, torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts])
+
+    def write(self, source: Source, sha256: str, picture, notes: list[str], attribution_map: np.ndarray,
+              extras: dict[str, np.ndarray], target: int, score: float) -> dict[str, Any]:
+        outputs, sizes = {}, {}
+        arrays = {"map": attribution_map, **extras}
+        for kind, array in arrays.items():
+            outputs[kind] = self.layout.output(kind, source.key)
+            sizes[kind] = write_npy(self.layout.root / outputs[kind], np.ascontiguousarray(array, dtype=np.float32))
+        if self.job.png:
+            outputs["png"] = self.layout.output("png", source.key)
+            sizes["png"] = write_png(self.layout.root / outputs["png"], overlay(self.preprocess.view(picture), attribution_map))
+        record = self.records.ok(source.key, sha256, target, self.preprocess.label(target), score, outputs, sizes, notes)
+        self.journal.append(record)  # only after every output is in place
+        return record
+
+
+def _default_batch(device: str) -> int:
+    return 32 if device.startswith("cuda") else 8
+
+
+def run_dataset(job: Job) -> Summary:
+    """Run ``job`` on this process (one rank of a torchrun job, or alone). Every rank returns the
+    same :class:`Summary`; rank 0 wrote the manifest."""
+    check_precision(job.precision)
+    rank, world, local = env_world()
+    device = rank_device(job.device, local, world)
+    ranks = Ranks.start(device)
+    try:
+        return _run(job, ranks, device)
+    finally:
+        ranks.close()
+
+
+def _run(job: Job, ranks: Ranks, device: str) -> Summary:
+    info = get_method(job.method)
+    options = resolve_options(job.method, job.options)
+    torch.manual_seed(job.seed)  # random-weight models initialise identically on every rank
+    net, preprocess = job.model.load(device)
+    if job.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    target = preprocess.class_index(job.target) if job.target is not None else None
+    config = RunConfig(job.model.identity(), job.method, options, target, job.precision, job.seed)
+    layout = Layout(job.out)
+    sources = collect_sources(job.src, exclude=job.out)
+    batch_size = job.batch_size or _default_batch(device)
+    if batch_size < 1:
+        raise PyExplainError(f"--batch-size must be at least 1, got {batch_size}")
+    records = _Records(config, job.model.name)
+
+    failure = None
+    if ranks.rank == 0:
+        try:
+            prepare(layout, config, job.overwrite)
+        except PyExplainError as exc:
+            failure = str(exc)
+    failure = ranks.broadcast(failure)
+    if failure:
+        raise PyExplainError(failure)
+
+    journal = Journal(layout.journal(ranks.rank))
+    try:
+        prior = read_records(layout)
+        mine = {i: _scan(sources[i], prior.get(sources[i].key, []), layout, config, job.png, records)
+                for i in shard(range(len(sources)), ranks.rank, ranks.world)}
+        verdicts: dict[int, Verdict] = {}
+        for part in ranks.all_gather(mine):
+            verdicts.update(part)
+        pending = [i for i in range(len(sources)) if verdicts[i].record is None]
+        batches = shard(sorted({i // batch_size for i in pending}), ranks.rank, ranks.world)
+        worker = _Worker(job, net, preprocess, target, options, layout, records, journal, device, batch_size)
+        started = time.perf_counter()
+        new_records = _work(worker, sources, verdicts, set(pending), batches, batch_size, ranks.rank == 0 and job.progress, info.name)
+        seconds = time.perf_counter() - started
+    finally:
+        journal.close()
+
+    stats = {"seconds": seconds, "micro_batch": worker.batcher.size,
+             "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "cuda": torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None}
+    gathered = ranks.gather((new_records, stats))
+    summary = None
+    if ranks.rank == 0:
+        fresh = {r["source"]: r for part, _ in gathered for r in part}
+        final = [fresh.get(s.key) or verdicts[i].record for i, s in enumerate(sources)]
+        write_manifest(layout, final)
+        all_stats = [s for _, s in gathered]
+        explained = sum(1 for r in fresh.values() if r["status"] == "ok")
+        elapsed = max(s["seconds"] for s in all_stats)
+        summary = Summary(
+            sources=len(sources), explained=explained,
+            already_complete=sum(1 for v in verdicts.values() if v.record is not None and v.record["status"] == "ok"),
+            unreadable=sum(1 for r in final if r["status"] == "unreadable"), seconds=elapsed,
+            images_per_second=explained / elapsed if elapsed > 0 else 0.0, world_size=ranks.world,
+            batch_size=batch_size, micro_batch=[s["micro_batch"] for s in all_stats],
+            peak_rss_mib=[round(s["rss"], 1) for s in all_stats],
+            peak_cuda_mib=None if all_stats[0]["cuda"] is None else [round(s["cuda"], 1) for s in all_stats],
+            manifest=str(layout.manifest),
+        )
+    return ranks.broadcast(summary)
+
+
+def _work(worker: _Worker, sources: list[Source], verdicts: dict[int, Verdict], pending: set[int],
+          batches: list[int], batch_size: int, show: bool, method: str) -> list[dict[str, Any]]:
+    def members(k: int) -> list[tuple[int, Source]]:
+        return [(i, sources[i]) for i in range(k * batch_size, min(len(sources), (k + 1) * batch_size))]
+
+    total = sum(1 for k in batches for i, _ in members(k) if i in pending)
+    bar = tqdm(total=total, desc=method, unit="img", disable=not show, file=sys.stderr, dynamic_ncols=True)
+    written: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=1) as loader:  # decode the next batch while this one runs
+        upcoming = loader.submit(worker.load, members(batches[0]), verdicts, pending) if batches else None
+        for position, k in enumerate(batches):
+            rows, unreadable = upcoming.result()
+            if position + 1 < len(batches):
+                upcoming = loader.submit(worker.load, members(batches[position + 1]), verdicts, pending)
+            for record in unreadable:
+                worker.journal.append(record)
+                written.append(record)
+                bar.update(1)
+            if not rows:
+                continue
+            maps, extras, targets, scores = worker.explain(k, rows)
+            for row, (index, picture, notes) in enumerate(rows):
+                if index in pending:
+                    written.append(worker.write(
+                        sources[index], verdicts[index].sha256, picture, notes, maps[row].numpy(),
+                        {name: value[row].numpy() for name, value in extras.items()}, int(targets[row]), float(scores[row])))
+                    bar.update(1)
+    bar.close()
+    return written

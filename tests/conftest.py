@@ -1,0 +1,41 @@
+"""Shared fixtures: the embedded model on a real photo, and small seeded torchvision nets."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyexplain
+from pyexplain.io import builtin_image
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The embedded EfficientNet-Lite0 with its real ImageNet weights, and its preprocessing."""
+    return pyexplain.load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def chelsea(lite0):
+    """skimage's chelsea photo, preprocessed for EfficientNet-Lite0: ``[1, 3, 224, 224]``."""
+    return lite0[1](builtin_image("chelsea"))
+
+
+@pytest.fixture(scope="session")
+def resnet18():
+    """torchvision ResNet-18 with seeded random weights and non-trivial BN statistics, eval mode."""
+    torch.manual_seed(0)
+    model, _ = pyexplain.load_model("resnet18", random_weights=True)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def small_images():
+    """Two seeded random images ``[2, 3, 64, 64]`` in normalized space."""
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
