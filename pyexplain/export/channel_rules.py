@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import PyExplainError
+from ..methods._lpr_rules import load_rules
 
 FORMAT = "pyexplain-lpr-rules"
 VERSION = 1
@@ -73,16 +73,7 @@ def load_channel_rules(source: ChannelRules | str | os.PathLike | dict | Sequenc
     if isinstance(source, dict):
         return _from_dict(source, "LPR rules")
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise PyExplainError(f"rules file {str(path)!r} does not exist")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise PyExplainError(f"cannot read rules file {str(path)!r}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise PyExplainError(f"rules file {str(path)!r} is not a pyexplain LPR rules file")
-        return _from_dict(data, f"rules file {str(path)!r}")
+        return _from_dict(load_rules(source), f"rules file {str(source)!r}")
     if isinstance(source, (list, tuple)) and all(w is None or isinstance(w, Tensor) for w in source):
         return ChannelRules({i: w.detach().float() for i, w in enumerate(source) if w is not None}, source="LPR rules")
     raise PyExplainError("rules must be a rules file, its dict, or a list of per-call tensors (None for no rule)")
