@@ -25,9 +25,11 @@ GIVEN = [285, 7, 999, 1]
 
 @functools.lru_cache(maxsize=None)
 def model(name: str) -> nn.Module:
-    """EfficientNet-Lite0 with its real ImageNet weights; ResNet-18 and VGG16 with seeded random weights."""
-    torch.manual_seed(0)
-    net, _ = load_model(name, random_weights=name != "efficientnet_lite0")
+    """EfficientNet-Lite0 with its real ImageNet weights; ResNet-18 and VGG16 with seeded random weights
+    (the global random state is left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net, _ = load_model(name, random_weights=name != "efficientnet_lite0")
     return net
 
 

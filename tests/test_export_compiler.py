@@ -15,7 +15,7 @@ from pyexplain.errors import PyExplainError
 from pyexplain.export import compile_explainer, steps as S
 from pyexplain.export.graph import SUPPORTED
 
-from export_support import TOLERANCE, channel_rules, images, model, options, relative_error
+from export_support import TOLERANCE, channel_rules, compiled, images, model, relative_error
 
 
 @pytest.mark.parametrize("kind,params", [("relu", {}), ("hardtanh", {"low": 0.0, "high": 6.0}),
@@ -165,7 +165,7 @@ def test_lpr_rules_file_equals_rule_list(tmp_path):
     path = tmp_path / "rules.pt"
     torch.save(_rules_file("resnet18"), path)
     from_file = compile_explainer(net, "lpr", x, rules=str(path))
-    from_list = compile_explainer(net, "lpr", x, **options("resnet18", "lpr"))
+    from_list = compiled("resnet18", "lpr")
     t = torch.tensor([3, -1, 5, -1])
     with torch.no_grad():
         assert torch.equal(from_file(x, t)[1], from_list(x, t)[1])

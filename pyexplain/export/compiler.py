@@ -20,7 +20,7 @@ Methods (each equals pyexplain's eager method of the same name):
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
