@@ -18,13 +18,13 @@ $(STAMP): setup.py requirements-dev.txt $(wildcard csrc/*)
 
 install: $(STAMP)
 
-## demo: explain skimage's "chelsea" photo with the embedded EfficientNet-Lite0; writes $(OUT)/
+## demo: explain skimage's "chelsea" photo with LPR (20 iterations) on the embedded EfficientNet-Lite0; writes $(OUT)/
 demo: $(STAMP)
-	$(BIN)/pyexplain explain builtin:chelsea --method gradxinput --out $(OUT)
+	$(BIN)/pyexplain explain builtin:chelsea --method lpr -O iterations=20 --out $(OUT)
 
-## test: the whole test suite
+## test: the whole test suite (with a C++ compiler present, the fused kernels must have been built)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PYEXPLAIN_EXPECT_EXTENSION=$$(command -v $${CXX:-c++} >/dev/null && echo 1) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf build *.egg-info $(OUT) pyexplain/_C*.so

@@ -134,20 +134,35 @@ class _OutOfPlaceTwin(_StatementInplace):
         return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
-def test_inplace_statements_keep_values_and_get_the_rule():
+def test_inplace_statements_keep_forward_values():
     from pyexplain.core.rules import guided_backprop_rule
 
     statement, twin = _StatementInplace().eval(), _OutOfPlaceTwin().eval()
     x = torch.randn(5, 4)
-    grads = []
-    for model in (statement, twin):
+    with intercept_activations(statement, guided_backprop_rule) as tracker:
+        out = statement(x)
+    torch.testing.assert_close(out, twin(x))
+    assert len(tracker.calls) == 2
+
+
+def test_inplace_module_gets_the_rule_and_keeps_captured_inputs():
+    """ReLU(inplace=True) after a captured tensor: the rule applies, and the captured tensor is
+    still the pre-activation node (its gradient is the gradient at the activation's input)."""
+    from pyexplain.core.rules import guided_backprop_rule
+
+    torch.manual_seed(0)
+    inplace = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)).eval()
+    outplace = nn.Sequential(inplace[0], nn.ReLU(), inplace[2]).eval()
+    x = torch.randn(5, 4)
+    results = []
+    for model in (inplace, outplace):
         xi = x.clone().requires_grad_(True)
-        with intercept_activations(model, guided_backprop_rule) as tracker:
-            out = model(xi)
-        torch.testing.assert_close(out, twin(x))
-        grads.append(torch.autograd.grad(out[:, 1].sum(), xi)[0])
-        assert len(tracker.calls) == 2
-    torch.testing.assert_close(grads[0], grads[1])
+        with intercept_activations(model, guided_backprop_rule):
+            pre = model[0](xi)
+            out = model[2](model[1](pre))
+        results.append((out, *torch.autograd.grad(out[:, 1].sum(), [xi, pre])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
     xi = x.clone().requires_grad_(True)
-    (plain,) = torch.autograd.grad(twin(xi)[:, 1].sum(), xi)
-    assert not torch.allclose(plain, grads[0])  # the rule really changed the backward
+    (plain,) = torch.autograd.grad(outplace(xi)[:, 1].sum(), xi)
+    assert not torch.allclose(plain, results[0][1])  # the rule really changed the backward

@@ -12,12 +12,24 @@ import typer
 from tqdm import tqdm
 
 from .. import explain as run_explain
+from ..errors import PyExplainError
 from ..io import open_image, save_npy, save_png
+from ..methods._lpr_rules import load_rules
 from ..models import DEFAULT_MODEL, load_model, read_labels
 from ..registry import get_method
 from ..visualize import overlay
 from . import app
 from .options import parse_floats, parse_method_options, resolve_device
+
+
+def lpr_rules_for(method: str, path: Path, model: str) -> dict:
+    """The rules file for ``--rules``: LPR only, read safely, fitted on the same model name."""
+    if method != "lpr":
+        raise PyExplainError(f"--rules applies to --method lpr, not {method!r}")
+    loaded = load_rules(path)
+    if loaded.get("model") and loaded["model"] != model:
+        raise PyExplainError(f"rules file {str(path)!r} was fitted on model {loaded['model']!r}, not {model!r}")
+    return loaded
 
 
 def _output_stems(sources: list[str], method: str) -> list[str]:
@@ -51,10 +63,13 @@ def explain_command(
     option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed for torch's RNG."),
+    rules: Optional[Path] = typer.Option(None, "--rules", help="LPR rules file from `pyexplain fit-rules` (--method lpr): a fixed rule, 1 forward + 1 backward."),
 ) -> None:
     """Write a heatmap PNG (red = for, blue = against) and the raw map (.npy) per image."""
     info = get_method(method)
     options = parse_method_options(option)
+    if rules is not None:
+        options["rules"] = lpr_rules_for(method, rules, model)
     torch.manual_seed(seed)
     net, preprocess = load_model(
         model, weights, resolve_device(device), random_weights=random_weights, input_size=input_size,

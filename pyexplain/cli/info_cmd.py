@@ -1,7 +1,7 @@
 """``pyexplain models`` and ``pyexplain methods``."""
 from __future__ import annotations
 
-from ..models import DEFAULT_MODEL, TORCHVISION_MODELS, weights_status
+from ..models import DEFAULT_MODEL, SMALL_MODELS, TORCHVISION_MODELS, weights_status
 from ..registry import list_methods
 from . import app
 
@@ -11,6 +11,8 @@ def models_command() -> None:
     """List the known models and where their ImageNet weights come from here."""
     for name in (DEFAULT_MODEL,) + TORCHVISION_MODELS:
         print(f"{name:20s} {weights_status(name)}")
+    for name in SMALL_MODELS:
+        print(f"{name:20s} trained by pyexplain on first use, cached (pyexplain train {name})")
     print("package.module:factory  your own model (--weights FILE for its state dict)")
 
 

@@ -8,9 +8,11 @@ functional call inside ``forward`` (Inception-v3's ``F.relu(x, inplace=True)``).
 an :class:`ActivationCall` numbered in call order, and a *rule* decides what the call returns —
 usually the activation's value with a replaced backward (see :mod:`pyexplain.core.rules`).
 
-The model itself is never modified. An in-place activation keeps its in-place semantics: the
-rule runs on a copy of its input and the result is written back (so ``x.relu_()`` used as a
-statement still works). The only hooks are two global module hooks that track the name of the
+The model itself is never modified. An in-place activation returns the rule's result as a new
+tensor (so a tensor captured before the activation keeps its place in the graph) and also writes
+the values into its input, unrecorded: code that calls ``x.relu_()`` as a statement and ignores
+the result gets the right forward values, but its backward bypasses the rule (all common
+architectures use the return value). The only hooks are two global module hooks that track the name of the
 module being run; both are removed on exit, also when the forward raises.
 """
 from __future__ import annotations
@@ -164,10 +166,14 @@ class _Interceptor(TorchFunctionMode):
             tracker.calls.append(call)
             if not inplace:
                 return tracker.rule(call, x)
-            # In-place form: the rule runs on a copy, and its result is written back into x, so a
-            # caller that ignores the return value still sees the activation, and autograd
-            # routes x's gradient through the rule.
-            return x.copy_(tracker.rule(call, x.clone()))
+            # In-place form: the rule runs on a copy and its result is returned (so tensors captured
+            # before the activation, e.g. a BN output, keep their place in the graph), and the values
+            # are also written into x, unrecorded, so a caller that ignores the return value still
+            # sees the activation's values in the forward pass.
+            result = tracker.rule(call, x.clone())
+            with torch.no_grad():
+                x.copy_(result)
+            return result
         handler = tracker.op_handlers.get(func)
         if handler is not None:
             return handler(func, args, kwargs)

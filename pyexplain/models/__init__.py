@@ -28,6 +28,8 @@ TORCHVISION_MODELS = (
     "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg16_bn", "resnet18", "resnet34", "resnet50",
     "resnet101", "inception_v3", "mobilenet_v2", "densenet121", "squeezenet1_1",
 )
+#: Small models trained by the project's own code (pyexplain.data): digits and synthetic shapes.
+SMALL_MODELS = ("digits_cnn", "synthetic_vgg", "synthetic_resnet")
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,8 @@ def load_model(
     """Load a classifier in eval mode and its preprocessing.
 
     ``name``: ``"efficientnet_lite0"`` (default, real ImageNet weights from an installed package),
-    a torchvision name (weights from the torch hub cache or ``weights``), or
+    a torchvision name (weights from the torch hub cache or ``weights``), a small model
+    (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``: trained and cached on first use), or
     ``"package.module:factory"`` (the user's own model, ``weights`` a state-dict file).
     ``input_size``, ``mean``, ``std`` and ``labels`` override the preprocessing of any model.
     """
@@ -202,8 +205,12 @@ def load_model(
         preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, imagenet_labels())
     elif name in TORCHVISION_MODELS:
         model, preprocess = _torchvision(name, weights, random_weights)
+    elif name in SMALL_MODELS:  # trained by pyexplain.data on first use, then cached
+        from ..data.small_models import load_small_model
+
+        model, preprocess = load_small_model(name, weights, random_weights)
     else:
-        known = ", ".join((DEFAULT_MODEL,) + TORCHVISION_MODELS)
+        known = ", ".join((DEFAULT_MODEL,) + TORCHVISION_MODELS + SMALL_MODELS)
         raise PyExplainError(f"unknown model {name!r}; known: {known}, or package.module:factory")
     overrides = {"size": input_size, "mean": mean and tuple(mean), "std": std and tuple(std), "labels": labels and tuple(labels)}
     preprocess = replace(preprocess, **{key: value for key, value in overrides.items() if value})

@@ -1,0 +1,366 @@
+// Python bindings of the fused ops (pybind11 through torch.utils.cpp_extension): argument checks,
+// parameter layouts (see launch.h), output allocation, dispatch to the CPU kernels (baseline or
+// AVX2+FMA build, chosen at run time) or the CUDA kernels, and the final sum of the partial
+// reductions that give the gradients of broadcast parameters.
+//
+// The autograd wiring (first and second order) is in pyexplain/_kernels.py; every function here
+// is a plain, non-differentiable computation.
+#include <ATen/Parallel.h>
+#include <omp.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cpu_kernels.h"
+#include "launch.h"
+
+#ifdef PYEXPLAIN_WITH_CUDA
+long long px_cuda_chunk(long long S);
+void px_run_cuda(const PxLaunch& L, c10::ScalarType dtype, int device_index);
+std::string px_cuda_build_info();
+#endif
+
+namespace {
+
+using at::Tensor;
+using OptionalTensor = std::optional<Tensor>;
+
+bool cpu_supports_avx2() {
+#ifdef PX_HAVE_AVX2_BUILD
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+bool use_avx2 = cpu_supports_avx2();
+
+// Layout of a parameter of sizes `p` broadcast against an activation of sizes `full`, or -1.
+int classify(at::IntArrayRef p, at::IntArrayRef full) {
+  const int64_t nd = static_cast<int64_t>(full.size());
+  if (static_cast<int64_t>(p.size()) > nd) return -1;
+  std::vector<int64_t> ps(nd, 1);
+  for (size_t i = 0; i < p.size(); ++i) ps[nd - p.size() + i] = p[i];
+  bool equal = true, ones = true, tail_equal = true, tail_ones = true;
+  for (int64_t i = 0; i < nd; ++i) {
+    equal &= ps[i] == full[i];
+    ones &= ps[i] == 1;
+    if (i >= 2) {
+      tail_equal &= ps[i] == full[i];
+      tail_ones &= ps[i] == 1;
+    }
+  }
+  if (equal) return PX_FULL;
+  if (ones) return PX_SCALAR;
+  if (nd < 2 || ps[1] != full[1]) return -1;
+  if (ps[0] == 1 && tail_equal) return PX_SHARED;
+  if (ps[0] == full[0] && tail_ones) return PX_ROW;
+  if (ps[0] == 1 && tail_ones) return PX_CHANNEL;
+  return -1;
+}
+
+// Collects the operands and outputs of one launch and runs it.
+class Launch {
+ public:
+  Launch(int op, const Tensor& f) : f_(f) {
+    TORCH_CHECK(f.dim() >= 1 && f.numel() > 0, "pyexplain._C: the activation must be a non-empty tensor");
+    const auto dtype = f.scalar_type();
+    if (f.is_cpu()) {
+      TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "pyexplain._C: CPU kernels take float32 or float64, got ",
+                  dtype);
+    } else {
+#ifdef PYEXPLAIN_WITH_CUDA
+      TORCH_CHECK(f.is_cuda(), "pyexplain._C: tensors must be on CPU or CUDA");
+      TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+                  "pyexplain._C: CUDA kernels take float32, float64, float16 or bfloat16, got ", dtype);
+#else
+      TORCH_CHECK(false, "pyexplain._C was built without CUDA");
+#endif
+    }
+    N_ = f.size(0);
+    C_ = f.dim() >= 2 ? f.size(1) : 1;
+    S_ = f.numel() / (N_ * C_);
+    L_ = PxLaunch{};
+    L_.op = op;
+    // S == 1 ([N, C]): view as [N, 1, C] so the contiguous dimension is the vectorized one.
+    remap_s1_ = S_ == 1;
+    L_.N = N_;
+    L_.C = remap_s1_ ? 1 : C_;
+    L_.S = remap_s1_ ? C_ : S_;
+#ifdef PYEXPLAIN_WITH_CUDA
+    L_.chunk = f.is_cuda() ? px_cuda_chunk(L_.S) : PX_CPU_CHUNK;
+#else
+    L_.chunk = PX_CPU_CHUNK;
+#endif
+    K_ = (L_.S + L_.chunk - 1) / L_.chunk;
+  }
+
+  void full_input(const Tensor& t) {
+    check_compatible(t);
+    TORCH_CHECK(t.sizes() == f_.sizes(), "pyexplain._C: expected shape ", f_.sizes(), ", got ", t.sizes());
+    add_input(t.contiguous(), PX_FULL);
+  }
+
+  void param_input(const Tensor& t) {
+    check_compatible(t);
+    const int layout = classify(t.sizes(), f_.sizes());
+    TORCH_CHECK(layout >= 0, "pyexplain._C: shape ", t.sizes(), " does not broadcast against ", f_.sizes(),
+                " in a supported layout");
+    add_input(t.contiguous(), normalize(layout));
+  }
+
+  // An output shaped like the activation, from per-element result `source`.
+  int full_output(int source, bool negate = false) {
+    outputs_.push_back(at::empty(f_.sizes(), f_.options()));
+    add_target(outputs_.back(), PX_FULL, source, negate);
+    return static_cast<int>(outputs_.size()) - 1;
+  }
+
+  // An output shaped like parameter input `input` (the gradient of a broadcast tensor: summed).
+  int param_output(int input, int source, bool negate = false) {
+    const Tensor& like = inputs_.at(input);
+    const int layout = L_.in[input].layout;
+    if (layout == PX_FULL || layout == PX_SHARED) {
+      outputs_.push_back(at::empty(like.sizes(), like.options()));
+      add_target(outputs_.back(), layout, source, negate);
+    } else {
+      outputs_.push_back(Tensor());
+      partials_.push_back({static_cast<int>(outputs_.size()) - 1, layout,
+                           at::empty({L_.N, L_.C, K_}, f_.options().dtype(at::kDouble)), like});
+      add_target(partials_.back().partial, layout, source, negate);
+    }
+    return static_cast<int>(outputs_.size()) - 1;
+  }
+
+  void set_gate(double low, double high) {
+    L_.low = low;
+    L_.high = high;
+    L_.high_finite = std::isfinite(high) ? 1 : 0;
+  }
+
+  void run() {
+    if (L_.ntargets == 0) return;
+    if (f_.is_cpu()) {
+      L_.threads = at::get_num_threads();
+      const bool is_float = f_.scalar_type() == at::kFloat;
+#ifdef PX_HAVE_AVX2_BUILD
+      if (use_avx2) {
+        is_float ? px_avx2::run_cpu_float(L_) : px_avx2::run_cpu_double(L_);
+      } else {
+        is_float ? px_default::run_cpu_float(L_) : px_default::run_cpu_double(L_);
+      }
+#else
+      is_float ? px_default::run_cpu_float(L_) : px_default::run_cpu_double(L_);
+#endif
+    } else {
+#ifdef PYEXPLAIN_WITH_CUDA
+      px_run_cuda(L_, f_.scalar_type(), f_.get_device());
+#endif
+    }
+    // Row-constant layouts: partial sums [N, C, K] -> the parameter's shape.
+    for (const Partial& p : partials_) {
+      Tensor sum = p.partial.sum(2);                      // [N, C]
+      if (p.layout == PX_CHANNEL) sum = sum.sum(0);        // [C]
+      if (p.layout == PX_SCALAR) sum = sum.sum();          // []
+      outputs_[p.output] = sum.to(p.like.scalar_type()).reshape(p.like.sizes());
+    }
+  }
+
+  Tensor result(int index) const { return index < 0 ? Tensor() : outputs_.at(index); }
+
+ private:
+  struct Partial {
+    int output;
+    int layout;
+    Tensor partial;
+    Tensor like;
+  };
+
+  void check_compatible(const Tensor& t) const {
+    TORCH_CHECK(t.device() == f_.device(), "pyexplain._C: all tensors must be on ", f_.device(), ", got ", t.device());
+    TORCH_CHECK(t.scalar_type() == f_.scalar_type(), "pyexplain._C: all tensors must be ", f_.scalar_type(), ", got ",
+                t.scalar_type());
+  }
+
+  // The layout on the launch geometry: [N, 1, C] when S == 1, and N == 1 makes shared = full.
+  int normalize(int layout) const {
+    if (remap_s1_) {
+      if (layout == PX_ROW) layout = PX_FULL;
+      if (layout == PX_CHANNEL) layout = PX_SHARED;
+    }
+    if (N_ == 1) {
+      if (layout == PX_SHARED) layout = PX_FULL;
+      if (layout == PX_CHANNEL) layout = PX_ROW;
+    }
+    return layout;
+  }
+
+  void add_input(const Tensor& t, int layout) {
+    TORCH_CHECK(L_.nin < PX_MAX_IN, "pyexplain._C: too many inputs");
+    inputs_.push_back(t);
+    L_.in[L_.nin++] = PxOperand{t.data_ptr(), layout};
+  }
+
+  void add_target(const Tensor& t, int layout, int source, bool negate) {
+    TORCH_CHECK(L_.ntargets < PX_MAX_TARGETS, "pyexplain._C: too many outputs");
+    PxTarget& tg = L_.out[L_.ntargets++];
+    tg.ptr = (layout == PX_FULL || layout == PX_SHARED) ? t.data_ptr() : nullptr;
+    tg.partial = (layout == PX_FULL || layout == PX_SHARED) ? nullptr : t.data_ptr<double>();
+    tg.layout = layout;
+    tg.source = source;
+    tg.negate = negate ? 1 : 0;
+  }
+
+  Tensor f_;
+  int64_t N_, C_, S_, K_;
+  bool remap_s1_;
+  PxLaunch L_;
+  std::vector<Tensor> inputs_, outputs_;
+  std::vector<Partial> partials_;
+};
+
+Tensor zeros_like_scalar(const Tensor& f) { return at::zeros({}, f.options()); }
+
+Tensor plugin_forward(const Tensor& g, const Tensor& f, const Tensor& ref, const Tensor& w) {
+  Launch L(PX_PLUGIN_FWD, f);
+  L.full_input(g);
+  L.full_input(f);
+  L.param_input(ref);
+  L.param_input(w);
+  const int y = L.full_output(0);
+  L.run();
+  return L.result(y);
+}
+
+// (d g, d w, d f, d ref) for the requested ones, None for the others.
+std::vector<Tensor> plugin_backward(const Tensor& gy, const Tensor& g, const Tensor& f, const Tensor& ref,
+                                    const Tensor& w, bool need_g, bool need_w, bool need_f, bool need_ref) {
+  Launch L(PX_PLUGIN_BWD, f);
+  L.full_input(gy);
+  L.full_input(g);
+  L.full_input(f);
+  L.param_input(ref);
+  L.param_input(w);
+  const int dg = need_g ? L.full_output(0) : -1;
+  const int dw = need_w ? L.param_output(4, 1) : -1;
+  const int df = need_f ? L.full_output(2) : -1;
+  const int dref = need_ref ? L.param_output(3, 2, /*negate=*/true) : -1;
+  L.run();
+  return {L.result(dg), L.result(dw), L.result(df), L.result(dref)};
+}
+
+// Gradients of <ag, dg> + <aw, dw> + <af, df> + <aref, dref> with respect to
+// (gy, g, f, ref, w); missing upstream gradients count as zero.
+std::vector<Tensor> plugin_double_backward(const Tensor& gy, const Tensor& g, const Tensor& f, const Tensor& ref,
+                                           const Tensor& w, const OptionalTensor& ag, const OptionalTensor& aw,
+                                           const OptionalTensor& af, const OptionalTensor& aref, bool need_gy,
+                                           bool need_g, bool need_f, bool need_ref, bool need_w) {
+  Launch L(PX_PLUGIN_DBL, f);
+  L.full_input(gy);
+  L.full_input(g);
+  L.full_input(f);
+  L.param_input(ref);
+  L.param_input(w);
+  ag ? L.full_input(*ag) : L.param_input(zeros_like_scalar(f));
+  L.param_input(aw ? *aw : zeros_like_scalar(f));
+  af ? L.full_input(*af) : L.param_input(zeros_like_scalar(f));
+  L.param_input(aref ? *aref : zeros_like_scalar(f));
+  const int hgy = need_gy ? L.full_output(0) : -1;
+  const int hg = need_g ? L.full_output(1) : -1;
+  const int hf = need_f ? L.full_output(2) : -1;
+  const int href = need_ref ? L.param_output(3, 2, /*negate=*/true) : -1;
+  const int hw = need_w ? L.param_output(4, 3) : -1;
+  L.run();
+  return {L.result(hgy), L.result(hg), L.result(hf), L.result(href), L.result(hw)};
+}
+
+Tensor masked_forward(const Tensor& g, const Tensor& f, const Tensor& mask, double low, double high) {
+  Launch L(PX_MASK_FWD, f);
+  L.full_input(g);
+  L.full_input(f);
+  L.param_input(mask);
+  L.set_gate(low, high);
+  const int y = L.full_output(0);
+  L.run();
+  return L.result(y);
+}
+
+// (d g, d mask) for the requested ones; the gate has no gradient.
+std::vector<Tensor> masked_backward(const Tensor& gy, const Tensor& g, const Tensor& f, const Tensor& mask, double low,
+                                    double high, bool need_g, bool need_mask) {
+  Launch L(PX_MASK_BWD, f);
+  L.full_input(gy);
+  L.full_input(g);
+  L.full_input(f);
+  L.param_input(mask);
+  L.set_gate(low, high);
+  const int dg = need_g ? L.full_output(0) : -1;
+  const int dm = need_mask ? L.param_output(3, 1) : -1;
+  L.run();
+  return {L.result(dg), L.result(dm)};
+}
+
+// Gradients of <ag, dg> + <amask, dmask> with respect to (gy, g, mask).
+std::vector<Tensor> masked_double_backward(const Tensor& gy, const Tensor& g, const Tensor& f, const Tensor& mask,
+                                           const OptionalTensor& ag, const OptionalTensor& amask, double low,
+                                           double high, bool need_gy, bool need_g, bool need_mask) {
+  Launch L(PX_MASK_DBL, f);
+  L.full_input(gy);
+  L.full_input(g);
+  L.full_input(f);
+  L.param_input(mask);
+  ag ? L.full_input(*ag) : L.param_input(zeros_like_scalar(f));
+  L.param_input(amask ? *amask : zeros_like_scalar(f));
+  L.set_gate(low, high);
+  const int hgy = need_gy ? L.full_output(0) : -1;
+  const int hg = need_g ? L.full_output(1) : -1;
+  const int hm = need_mask ? L.param_output(3, 2) : -1;
+  L.run();
+  return {L.result(hgy), L.result(hg), L.result(hm)};
+}
+
+std::string set_cpu_isa(const std::string& isa) {
+  const std::string previous = use_avx2 ? "avx2" : "default";
+  TORCH_CHECK(isa == "default" || isa == "avx2", "pyexplain._C: cpu isa is 'default' or 'avx2', got '", isa, "'");
+  TORCH_CHECK(isa == "default" || cpu_supports_avx2(), "pyexplain._C: this CPU or build has no AVX2+FMA kernels");
+  use_avx2 = isa == "avx2";
+  return previous;
+}
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["cpu_isa"] = use_avx2 ? "avx2" : "default";
+  info["cpu_isa_available"] = cpu_supports_avx2() ? "default, avx2" : "default";
+  info["openmp"] = static_cast<int>(_OPENMP);
+#if defined(__GNUC__) && !defined(__clang__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  info["compiler"] = std::string(__VERSION__);
+#endif
+#ifdef TORCH_VERSION
+  info["torch"] = std::string(TORCH_VERSION);
+#endif
+#ifdef PYEXPLAIN_WITH_CUDA
+  info["cuda"] = px_cuda_build_info();
+#else
+  info["cuda"] = std::string("not built");
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "pyexplain's fused kernels: LPR's plugin rule and the masked activation backward";
+  m.def("plugin_forward", &plugin_forward, "g * tanh(w * (f - ref))");
+  m.def("plugin_backward", &plugin_backward, "first-order gradients of plugin_forward");
+  m.def("plugin_double_backward", &plugin_double_backward, "gradients of plugin_backward");
+  m.def("masked_forward", &masked_forward, "g * 1[low < f < high] * mask");
+  m.def("masked_backward", &masked_backward, "first-order gradients of masked_forward");
+  m.def("masked_double_backward", &masked_double_backward, "gradients of masked_backward");
+  m.def("set_cpu_isa", &set_cpu_isa, "select the CPU kernels ('default' or 'avx2'); returns the previous choice");
+  m.def("build_info", &build_info, "how this extension was built");
+}

@@ -1,0 +1,9 @@
+// The CPU kernels built for the compiler's baseline instruction set (SSE2 on x86-64).
+#include <omp.h>
+
+#include "launch.h"
+
+namespace px_default {
+#include "elementwise.h"
+#include "cpu_kernels.inc"
+}  // namespace px_default

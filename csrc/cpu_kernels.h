@@ -1,0 +1,18 @@
+// Entry points of the CPU kernels, one set per instruction set (compiled in separate translation
+// units that include no torch headers), chosen at run time in bindings.cpp.
+#pragma once
+
+#include "launch.h"
+
+namespace px_default {
+void run_cpu_float(const PxLaunch& L);
+void run_cpu_double(const PxLaunch& L);
+}  // namespace px_default
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PX_HAVE_AVX2_BUILD 1
+namespace px_avx2 {
+void run_cpu_float(const PxLaunch& L);
+void run_cpu_double(const PxLaunch& L);
+}  // namespace px_avx2
+#endif

@@ -1,0 +1,92 @@
+"""Run an ONNX explainer from ``pyexplain export --format onnx`` with ONNX Runtime alone (no torch,
+no pyexplain) on one image, and write its heatmap.
+
+    python export/run_onnx.py explainer.onnx cat.jpg out/cat [--target 285]
+
+Preprocessing (input size, resize, mean/std) comes from the file's metadata. Uses the CUDA execution
+provider when ONNX Runtime has it, the CPU one otherwise. Writes ``OUT.png`` (red = evidence for
+the target, blue = against, white = none) and ``OUT.npy`` (the map ``[H, W]``, float32), atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+
+def preprocess(path: str, meta: dict[str, str]) -> np.ndarray:
+    """The image as the explainer's normalized input ``[1, C, H, W]`` float32."""
+    channels, height, width = (int(v) for v in meta.get("input_shape", "3,224,224").split(","))
+    image = Image.open(path).convert("RGB")
+    resize = meta.get("resize", "")
+    if resize:  # shorter side to `resize`, then a center crop (torchvision's evaluation transform)
+        scale = int(resize) / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+        left, top = (image.width - width) // 2, (image.height - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    else:
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    mean = np.array([float(v) for v in meta.get("mean", "0.485,0.456,0.406").split(",")], dtype=np.float32)
+    std = np.array([float(v) for v in meta.get("std", "0.229,0.224,0.225").split(",")], dtype=np.float32)
+    x = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
+    return x.transpose(2, 0, 1)[None, :channels].copy()
+
+
+def heatmap(attribution_map: np.ndarray) -> Image.Image:
+    """Diverging colors scaled by the 99.5th percentile of ``|map|``: −1 blue, 0 white, +1 red."""
+    scale = float(np.percentile(np.abs(attribution_map), 99.5)) or float(np.abs(attribution_map).max()) or 1.0
+    v = np.clip(attribution_map / scale, -1, 1)[..., None]
+    white, red, blue = np.ones(3), np.array([1.0, 0, 0]), np.array([0, 0, 1.0])
+    rgb = np.where(v >= 0, white + v * (red - white), white - v * (blue - white))
+    return Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB")
+
+
+def write_atomically(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("explainer")
+    parser.add_argument("image")
+    parser.add_argument("out", help="output prefix: writes OUT.png and OUT.npy")
+    parser.add_argument("--target", type=int, default=-1, help="class index (default: top-1)")
+    args = parser.parse_args(argv)
+
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    session = ort.InferenceSession(args.explainer, providers=providers)
+    meta = session.get_modelmeta().custom_metadata_map
+    x = preprocess(args.image, meta)
+    logits, attribution = session.run(["logits", "attribution"], {"image": x, "target": np.array([args.target])})
+    target = int(logits[0].argmax()) if args.target < 0 else args.target
+    attribution_map = attribution[0].sum(0).astype(np.float32)
+
+    out = Path(args.out)
+    npy, png = out.with_name(out.name + ".npy"), out.with_name(out.name + ".png")
+    def save_npy(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.save would append ".npy" to a name
+            np.save(handle, attribution_map)
+
+    write_atomically(npy, save_npy)
+    write_atomically(png, lambda tmp: heatmap(attribution_map).save(tmp, format="PNG"))
+    print(f"{meta.get('method', '?')} on {session.get_providers()[0]}: target {target}, "
+          f"logit {logits[0, target]:.4f} -> {npy}, {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

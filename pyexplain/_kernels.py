@@ -1,0 +1,180 @@
+"""Autograd wiring of the fused kernels (``pyexplain._C``, built from ``csrc/``).
+
+Each op is a chain of :class:`torch.autograd.Function` s whose every step is one fused kernel:
+
+- ``plugin_rule``: forward ``g ⊙ tanh(W ⊙ (f − f_ref))``; its backward (to ``g``, ``W``, ``f``,
+  ``f_ref``) is itself a differentiable Function, whose backward (the second-order terms LPR's
+  ``create_graph=True`` optimization needs) is the fused double-backward kernel.
+- ``masked_relu_backward``: forward ``g ⊙ 1[low < f < high] ⊙ mask``; backward to ``g`` and
+  ``mask`` likewise differentiable once more (the gate has no gradient).
+
+Third-order derivatives raise (``once_differentiable``). Broadcast parameters get their gradients
+summed inside the kernels. :func:`supported` says whether a call can take the fused path:
+
+- all tensors on one device, one dtype: float32/float64 on CPU; also float16/bfloat16 on CUDA
+  (when the extension was built with CUDA); the activation ``f`` non-empty, ``g_out`` shaped
+  like ``f``;
+- ``f_ref``, ``W`` and ``mask`` shaped like ``f`` ``[N, C, *]``, or broadcast as ``[1, C, *]``
+  (shared by the batch), ``[N, C, 1, ...]`` or ``[1, C, 1, ...]`` (per channel) or a single value
+  (leading 1s may be left out, as in broadcasting).
+
+Anything else goes to the pure-PyTorch fallback in :mod:`pyexplain.ops`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+
+def _load_extension() -> tuple[ModuleType | None, str | None]:
+    """``(module, None)``, or ``(None, why not)``: not built here, or built against another torch."""
+    name = f"{__package__}._C"
+    if importlib.util.find_spec(name) is None:
+        return None, "not built: no compiled pyexplain/_C module (see setup.py)"
+    try:
+        return importlib.import_module(name), None
+    except (ImportError, OSError) as exc:
+        return None, f"failed to load: {exc}"
+
+
+_C, LOAD_ERROR = _load_extension()
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def available() -> bool:
+    """True when the compiled extension is loaded."""
+    return _C is not None
+
+
+def build_info() -> dict[str, str]:
+    """How the loaded extension was built (empty when it is not loaded)."""
+    return {key: str(value) for key, value in _C.build_info().items()} if _C is not None else {}
+
+
+def cuda_built() -> bool:
+    """True when the loaded extension has CUDA kernels."""
+    return _C is not None and _C.build_info()["cuda"] != "not built"
+
+
+def _broadcast_layout_ok(shape: torch.Size, full: torch.Size) -> bool:
+    """The layouts of ``csrc/launch.h``: full, ``[1,C,*]``, ``[N,C,1..]``, ``[1,C,1..]``, scalar."""
+    if len(shape) > len(full):
+        return False
+    padded = (1,) * (len(full) - len(shape)) + tuple(shape)
+    if padded == tuple(full) or all(s == 1 for s in padded):
+        return True
+    if len(full) < 2 or padded[1] != full[1]:
+        return False
+    tail_equal = padded[2:] == tuple(full[2:])
+    tail_ones = all(s == 1 for s in padded[2:])
+    return (padded[0] == 1 and (tail_equal or tail_ones)) or (padded[0] == full[0] and tail_ones)
+
+
+def supported(f: Tensor, full: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> bool:
+    """Whether the fused kernels take these arguments (``full`` shaped like ``f``, ``params`` broadcast)."""
+    if _C is None or f.dim() == 0 or f.numel() == 0:
+        return False
+    if f.device.type == "cpu":
+        dtypes = _CPU_DTYPES
+    elif f.device.type == "cuda" and cuda_built():
+        dtypes = _CUDA_DTYPES
+    else:
+        return False
+    tensors = (f, *full, *params)
+    if f.dtype not in dtypes or any(t.dtype != f.dtype or t.device != f.device for t in tensors):
+        return False
+    return all(t.shape == f.shape for t in full) and all(_broadcast_layout_ok(p.shape, f.shape) for p in params)
+
+
+class _PluginRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g_out: Tensor, f: Tensor, f_ref: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(g_out, f, f_ref, weight)
+        return _C.plugin_forward(g_out, f, f_ref, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        need_g, need_f, need_ref, need_w = ctx.needs_input_grad
+        if not (need_g or need_f or need_ref or need_w):
+            return None, None, None, None
+        g_out, f, f_ref, weight = ctx.saved_tensors
+        dg, dw, df, dref = _PluginRuleGrad.apply(grad, g_out, f, f_ref, weight, need_g, need_w, need_f, need_ref)
+        return dg, df, dref, dw
+
+
+class _PluginRuleGrad(torch.autograd.Function):
+    """``(dg, dW, df, df_ref)`` of the plugin rule for upstream ``grad``; differentiable once more."""
+
+    @staticmethod
+    def forward(ctx, grad, g_out, f, f_ref, weight, need_g, need_w, need_f, need_ref):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(grad, g_out, f, f_ref, weight)
+        return tuple(_C.plugin_backward(grad, g_out, f, f_ref, weight, need_g, need_w, need_f, need_ref))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, a_g, a_w, a_f, a_ref):
+        need = ctx.needs_input_grad[:5]
+        if (a_g is None and a_w is None and a_f is None and a_ref is None) or not any(need):
+            return (None,) * 9
+        grad, g_out, f, f_ref, weight = ctx.saved_tensors
+        h_grad, h_g, h_f, h_ref, h_w = _C.plugin_double_backward(
+            grad, g_out, f, f_ref, weight, a_g, a_w, a_f, a_ref, *need)
+        return h_grad, h_g, h_f, h_ref, h_w, None, None, None, None
+
+
+class _MaskedReluBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g_out: Tensor, f: Tensor, mask: Tensor, low: float, high: float) -> Tensor:
+        ctx.save_for_backward(g_out, f, mask)
+        ctx.gate = (low, high)
+        return _C.masked_forward(g_out, f, mask, low, high)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        need_g, _, need_mask = ctx.needs_input_grad[:3]
+        if not (need_g or need_mask):
+            return None, None, None, None, None
+        g_out, f, mask = ctx.saved_tensors
+        dg, dmask = _MaskedReluGrad.apply(grad, g_out, f, mask, *ctx.gate, need_g, need_mask)
+        return dg, None, dmask, None, None
+
+
+class _MaskedReluGrad(torch.autograd.Function):
+    """``(dg, dmask)`` of the masked backward for upstream ``grad``; differentiable once more."""
+
+    @staticmethod
+    def forward(ctx, grad, g_out, f, mask, low, high, need_g, need_mask):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(grad, g_out, f, mask)
+        ctx.gate = (low, high)
+        return tuple(_C.masked_backward(grad, g_out, f, mask, low, high, need_g, need_mask))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, a_g, a_mask):
+        need_grad, need_g, _, need_mask = ctx.needs_input_grad[:4]
+        if (a_g is None and a_mask is None) or not (need_grad or need_g or need_mask):
+            return (None,) * 8
+        grad, g_out, f, mask = ctx.saved_tensors
+        h_grad, h_g, h_mask = _C.masked_double_backward(
+            grad, g_out, f, mask, a_g, a_mask, *ctx.gate, need_grad, need_g, need_mask)
+        return h_grad, h_g, None, h_mask, None, None, None, None
+
+
+def plugin_rule(g_out: Tensor, f: Tensor, f_ref: Tensor, weight: Tensor) -> Tensor:
+    """Fused ``g_out ⊙ tanh(W ⊙ (f − f_ref))`` (arguments already checked by :func:`supported`)."""
+    return _PluginRule.apply(g_out, f, f_ref, weight)
+
+
+def masked_relu_backward(g_out: Tensor, f: Tensor, mask: Tensor, low: float, high: float) -> Tensor:
+    """Fused ``g_out ⊙ 1[low < f < high] ⊙ mask`` (arguments already checked by :func:`supported`)."""
+    return _MaskedReluBackward.apply(g_out, f, mask, float(low), float(high))

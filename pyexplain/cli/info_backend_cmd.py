@@ -1,0 +1,43 @@
+"""``pyexplain info``: which implementation of the hot ops is in use, and what it runs on."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .. import _kernels
+from ..ops import backend
+from . import app
+
+
+def _devices() -> str:
+    cpu = f"cpu ({torch.get_num_threads()} threads)"
+    if not torch.cuda.is_available():
+        return f"{cpu}; cuda: none available"
+    names = ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
+    return f"{cpu}; {names}"
+
+
+@app.command("info")
+def info_command() -> None:
+    """Print the backend of the fused ops (extension or fallback), torch, the devices and the extension's build."""
+    active = backend()
+    if os.environ.get("PYEXPLAIN_BACKEND", "").strip().lower() == "fallback":
+        note = "(forced by PYEXPLAIN_BACKEND=fallback)"
+    elif active == "extension":
+        note = "(fused C++/CUDA kernels; PYEXPLAIN_BACKEND=fallback forces the pure-PyTorch ops)"
+    else:
+        note = "(pure-PyTorch ops)"
+    cuda_build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+    print(f"backend     {active} {note}")
+    print(f"torch       {torch.__version__} ({cuda_build})")
+    print(f"devices     {_devices()}")
+    if not _kernels.available():
+        print(f"extension   not loaded ({_kernels.LOAD_ERROR})")
+        return
+    info = _kernels.build_info()
+    print(f"extension   {Path(_kernels._C.__file__).name}, built against torch {info.get('torch', '?')}")
+    print(f"            cpu kernels: {info['cpu_isa']} (built: {info['cpu_isa_available']}), "
+          f"OpenMP {info['openmp']}, compiler {info['compiler']}")
+    print(f"            cuda kernels: {info['cuda']}")

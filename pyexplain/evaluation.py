@@ -1,0 +1,200 @@
+"""Evaluation runs: several methods' maps on one image set, scored by the metrics of
+:mod:`pyexplain.metrics`. Shared by ``pyexplain evaluate``, ``pyexplain compare`` and
+``benchmarks/report.py``.
+
+Image sets: ``builtin`` is the model's own test data — the digits test split for ``digits_cnn``,
+single-shape synthetic test images (with evidence regions) for ``synthetic_vgg``/``synthetic_resnet``,
+scikit-image's photos for ImageNet models; ``builtin:two_class`` gives two-class synthetic images
+(explained for their first class; cIM scores the second). A directory gives its image files.
+Targets are the true class where it is known (builtin small-model data), the top-1 class otherwise.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .api import explain, model_device
+from .errors import PyExplainError
+from .io import load_image
+from .metrics import (
+    complementary_insertion, deletion, insertion, model_randomization, pixel_flipping, pointing_game, relevance_mass,
+)
+from .metrics.pixel_flipping import DEFAULT_MAX_FRACTION, DEFAULT_STEPS
+from .models import SMALL_MODELS, Preprocess
+
+#: Metric name → (what it needs, higher is better).
+METRICS: dict[str, tuple[str, bool]] = {
+    "morf": ("", False), "lerf": ("", True), "insertion": ("", True), "deletion": ("", False),
+    "pointing": ("regions", True), "mass": ("regions", True), "cim": ("others", True), "sanity": ("", False),
+}
+CURVE_METRICS = ("morf", "lerf", "insertion", "deletion", "cim")
+#: scikit-image photos used as the builtin set of ImageNet models (ImageNet-like subjects).
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class EvalSet:
+    """Images ``x [N, C, H, W]`` (normalized), their ``names``, ``targets [N]`` (``None``: top-1),
+    evidence ``regions [N, H, W]`` of the target class and ``others [N, M]`` (other true classes)."""
+
+    x: Tensor
+    names: list[str]
+    targets: Tensor | None = None
+    regions: Tensor | None = None
+    others: Tensor | None = None
+
+
+def display_images(x: Tensor, preprocess: Preprocess) -> Tensor:
+    """Normalized images back to RGB ``[N, 3, H, W]`` in ``[0, 1]`` for figures."""
+    mean = torch.tensor(preprocess.mean, dtype=x.dtype).reshape(1, -1, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=x.dtype).reshape(1, -1, 1, 1)
+    rgb = (x.cpu() * std + mean).clamp(0, 1)
+    return rgb.expand(-1, 3, -1, -1) if rgb.shape[1] == 1 else rgb
+
+
+def load_eval_set(model_name: str, preprocess: Preprocess, images: str = "builtin", limit: int | None = None,
+                  seed: int = 0) -> EvalSet:
+    """The image set ``images`` (``builtin``, ``builtin:two_class`` or a directory) for ``model_name``."""
+    if images in ("builtin", "builtin:two_class"):
+        data = _builtin_set(model_name, preprocess, images == "builtin:two_class", limit or 32, seed)
+    else:
+        data = _directory_set(Path(images), preprocess)
+    if limit is not None and limit < len(data.names):
+        cut = lambda t: None if t is None else t[:limit]  # noqa: E731
+        data = EvalSet(data.x[:limit], data.names[:limit], cut(data.targets), cut(data.regions), cut(data.others))
+    return data
+
+
+def _builtin_set(model_name: str, preprocess: Preprocess, two_class: bool, limit: int, seed: int) -> EvalSet:
+    if model_name.startswith("synthetic_"):
+        from .data.synthetic import make_synthetic
+        from .data.synthetic_models import TEST_SEED_OFFSET
+
+        s = make_synthetic(limit, seed + TEST_SEED_OFFSET + (1 if two_class else 0), two_class=two_class)
+        names = [f"{'two_class' if two_class else 'synthetic'}_{i}" for i in range(limit)]
+        return EvalSet(s.x, names, s.labels[:, 0], s.regions[:, 0], s.labels[:, 1:] if two_class else None)
+    if two_class:
+        raise PyExplainError("builtin:two_class images exist for the synthetic models only (synthetic_vgg, synthetic_resnet)")
+    if model_name == "digits_cnn":
+        from .data.digits import digits_splits
+
+        test = digits_splits(seed)[1]
+        return EvalSet(test.x[:limit], [f"digit_{i}" for i in range(min(limit, len(test)))], test.y[:limit])
+    if model_name in SMALL_MODELS:
+        raise PyExplainError(f"no builtin images for {model_name!r}")
+    from .io import builtin_image
+
+    return EvalSet(torch.cat([preprocess(builtin_image(name)) for name in PHOTOS]), list(PHOTOS))
+
+
+def _directory_set(folder: Path, preprocess: Preprocess) -> EvalSet:
+    if not folder.is_dir():
+        raise PyExplainError(f"--images must be 'builtin', 'builtin:two_class' or a directory; {str(folder)!r} is neither")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PyExplainError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return EvalSet(torch.cat([preprocess(load_image(p)) for p in files]), [p.stem for p in files])
+
+
+@dataclass
+class Evaluation:
+    """Per-image values ``values[method][metric] [N]``, mean curves ``curves[method][metric] =
+    (fractions, curve [N, S])``, maps ``maps[method] [N, H, W]``, seconds per method and the methods
+    that failed with their one-line reason."""
+
+    data: EvalSet
+    targets: Tensor
+    metrics: list[str]
+    maps: dict[str, Tensor] = field(default_factory=dict)
+    values: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    curves: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean of each metric per method (NaN-free means; pointing game = hit rate)."""
+        return {m: {k: float(v.float().nanmean()) for k, v in per.items()} for m, per in self.values.items()}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One record per (method, image, metric)."""
+        return [{"method": m, "image": self.data.names[i], "target": int(self.targets[i]), "metric": k, "value": float(v[i])}
+                for m, per in self.values.items() for k, v in per.items() for i in range(len(v))]
+
+
+def check_metrics(metrics: Sequence[str], data: EvalSet) -> None:
+    for metric in metrics:
+        if metric not in METRICS:
+            raise PyExplainError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
+        need = METRICS[metric][0]
+        if need and getattr(data, need) is None:
+            what = "ground-truth regions (synthetic models, --images builtin)" if need == "regions" else \
+                "several true classes per image (--images builtin:two_class with a synthetic model)"
+            raise PyExplainError(f"metric {metric!r} needs {what}")
+
+
+def evaluate(
+    model: nn.Module, data: EvalSet, methods: Sequence[str], metrics: Sequence[str], *,
+    options: dict[str, dict[str, Any]] | None = None, batch_size: int = 64, flip_steps: int = DEFAULT_STEPS,
+    flip_fraction: float = DEFAULT_MAX_FRACTION, insertion_pixels_per_step: int | None = None, progress: bool = True,
+) -> Evaluation:
+    """Explain ``data`` with each method and score every map with every metric.
+
+    ``options``: per-method options; a method that rejects the model or input (``PyExplainError``) is
+    recorded in ``errors`` and skipped. ``insertion_pixels_per_step`` coarsens insertion/deletion/cIM
+    (default: the RISE protocol's 224 px per step at 224×224).
+    """
+    check_metrics(metrics, data)
+    x = data.x.to(model_device(model))
+    if data.targets is not None:
+        targets = data.targets.to(x.device)
+    else:
+        with torch.no_grad():
+            targets = model(x).argmax(1)
+    result = Evaluation(data, targets.cpu(), list(metrics))
+    flip = dict(steps=flip_steps, max_fraction=flip_fraction, batch_size=batch_size)
+    rise = dict(pixels_per_step=insertion_pixels_per_step, batch_size=batch_size)
+    bar = tqdm(methods, desc="evaluate", unit="method", file=sys.stderr, disable=not progress)
+    for method in bar:
+        bar.set_postfix_str(method)
+        method_options = (options or {}).get(method, {})
+        start = time.perf_counter()
+        try:
+            e = explain(model, x, method, target=targets.tolist(), batch_size=batch_size, **method_options)
+        except PyExplainError as exc:
+            result.errors[method] = " ".join(str(exc).split())
+            continue
+        result.seconds[method] = time.perf_counter() - start
+        a = e.attribution
+        result.maps[method] = e.map.cpu()
+        values: dict[str, Tensor] = {}
+        curves: dict[str, tuple[Tensor, Tensor]] = {}
+        for metric in metrics:
+            if metric in ("morf", "lerf"):
+                c = pixel_flipping(model, x, a, targets, order=metric, **flip)
+            elif metric == "insertion":
+                c = insertion(model, x, a, targets, **rise)
+            elif metric == "deletion":
+                c = deletion(model, x, a, targets, **rise)
+            elif metric == "cim":
+                c = complementary_insertion(model, x, a, targets, data.others.to(x.device), **rise)
+            elif metric == "pointing":
+                values[metric] = pointing_game(a, data.regions).float().cpu()
+                continue
+            elif metric == "mass":
+                values[metric] = relevance_mass(a, data.regions).cpu()
+                continue
+            else:  # sanity: last layer re-initialized
+                rho = model_randomization(model, x, method, targets, batch_size=batch_size, options=method_options)
+                values[metric] = next(iter(rho.values()))
+                continue
+            values[metric], curves[metric] = c.auc, (c.fractions, c.curve)
+        result.values[method], result.curves[method] = values, curves
+    return result

@@ -1,0 +1,83 @@
+"""``pyexplain evaluate``, ``compare``, ``data`` and ``train`` end to end on the small models."""
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from pyexplain.cli import main
+
+
+def run(argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_evaluate_writes_table_csv_json_plots_and_html(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, stdout, _ = run(["evaluate", "--model", "digits_cnn", "--methods", "gradxinput,saliency", "--limit", "3",
+                           "--metrics", "morf,lerf,deletion,sanity", "--insertion-step", "16", "--out", str(out)], capsys)
+    assert code == 0
+    assert "gradxinput" in stdout and "morf ↓" in stdout
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 2 * 3 * 4
+    summary = json.loads((out / "summary.json").read_text())
+    for method in ("gradxinput", "saliency"):
+        values = [float(r["value"]) for r in rows if r["method"] == method and r["metric"] == "morf"]
+        assert summary["summary"][method]["morf"] == pytest.approx(sum(values) / len(values), rel=1e-6)
+    for metric in ("morf", "lerf", "deletion"):
+        assert Image.open(out / f"curves_{metric}.png").format == "PNG"
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 + 3 * 2 + 3 and 'src="http' not in page
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["results.csv", "summary.json", "curves_morf.png", "curves_lerf.png", "curves_deletion.png", "report.html"])
+
+
+def test_evaluate_localization_and_cim_on_two_class_images(tmp_path, capsys):
+    code, stdout, _ = run(["evaluate", "--model", "synthetic_resnet", "--methods", "gradcam", "--images", "builtin:two_class",
+                           "--limit", "2", "--metrics", "pointing,mass,cim", "--insertion-step", "32", "--out", str(tmp_path)], capsys)
+    assert code == 0, stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())["summary"]["gradcam"]
+    assert 0 <= summary["pointing"] <= 1 and 0 <= summary["mass"] <= 1 and 0 <= summary["cim"] <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--metrics", "nonsense"], "unknown metric"),
+    (["--metrics", "pointing"], "needs ground-truth regions"),
+    (["--metrics", "cim"], "several true classes"),
+    (["--methods", "no_such_method"], "unknown method"),
+    (["--images", "/no/such/dir"], "neither"),
+    (["--images", "builtin:two_class"], "synthetic models only"),
+    (["-O", "gradxinput.steps=3", "--methods", "saliency"], "not in --methods"),
+])
+def test_evaluate_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    out = tmp_path / "eval"
+    code, _, err = run(["evaluate", "--model", "digits_cnn", "--limit", "2", "--out", str(out)] + argv, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_compare_writes_one_figure(tmp_path, capsys):
+    out = tmp_path / "cmp.png"
+    code, stdout, _ = run(["compare", "test:0", "--model", "digits_cnn", "--methods", "gradxinput,gradcam,saliency",
+                           "--out", str(out)], capsys)
+    assert code == 0 and Image.open(out).size[0] > Image.open(out).size[1]  # one row of panels
+    code, _, err = run(["compare", "test:x", "--model", "digits_cnn", "--out", str(tmp_path / "b.png")], capsys)
+    assert code == 2 and "test:N" in err
+
+
+def test_data_and_train_commands(tmp_path, capsys):
+    code, _, _ = run(["data", "synthetic_two_class", "--n", "2", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    assert len(labels) == 2 and all(len(r["labels"]) == 2 for r in labels)
+    assert Image.open(tmp_path / "synthetic_two_class_0_region.png").size == (32, 32)
+    code, stdout, _ = run(["train", "digits_cnn"], capsys)
+    assert code == 0 and "test accuracy 0.9" in stdout
+    code, _, err = run(["data", "imagenet", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "unknown dataset" in err
