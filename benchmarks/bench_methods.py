@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,7 @@ from common import machine, measure  # noqa: E402
 
 import pyexplain  # noqa: E402
 from pyexplain.core.layers import default_cam_layer, get_layer  # noqa: E402
+from pyexplain.methods._perturb import ROWS_PER_PASS  # noqa: E402
 
 #: Per-method options that keep the run short; the same settings go to Captum.
 FAST_OPTIONS: dict[str, dict] = {
@@ -75,7 +77,7 @@ def captum_runner(method: str, model, x, target: int, options: dict) -> Callable
         "lrp_epsilon": lambda: ca.LRP(adapted).attribute(x, target=target),
         "occlusion": lambda: ca.Occlusion(model).attribute(
             x, target=target, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0.0,
-            perturbations_per_eval=64),
+            perturbations_per_eval=ROWS_PER_PASS[x.device.type]),  # as many images per forward as pyexplain
     }
     if method == "lrp_epsilon" and adapted is None:
         return None
@@ -89,9 +91,15 @@ def main() -> None:
                                              "guided_backprop,deconvnet,gradcam,guided_gradcam")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one torch thread, time the main thread's CPU time (steadier on a shared machine)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"# machine: {machine()}; batch {args.batch}; 224x224")
+    clock = time.perf_counter
+    if args.cpu_time:
+        torch.set_num_threads(1)
+        clock = time.thread_time
+    print(f"# machine: {machine()}; batch {args.batch}; 224x224; {'CPU' if args.cpu_time else 'wall'} time")
     print("| model | method | s/image | × forward | × Captum | peak MB | Captum peak MB |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
@@ -106,12 +114,14 @@ def main() -> None:
             with torch.no_grad():
                 model(x)
 
-        base = measure(forward, args.repeats)
+        timing = {"clock": clock}
+        base = measure(forward, args.repeats, **timing)
         for method in args.methods.split(","):
             options = FAST_OPTIONS.get(method, {})
-            ours = measure(lambda: pyexplain.explain(model, x, method, target=target, **options), args.repeats)
+            ours = measure(lambda: pyexplain.explain(model, x, method, target=target, **options), args.repeats,
+                           **timing)
             runner = captum_runner(method, model, x, target, options)
-            theirs = measure(runner, args.repeats) if runner else None
+            theirs = measure(runner, args.repeats, **timing) if runner else None
             ratio = f"{ours.seconds / theirs.seconds:.2f}" if theirs else "—"
             their_peak = f"{theirs.peak_mb:.0f}" if theirs else "—"
             print(f"| {name} | {method}{' ' + str(options) if options else ''} | {ours.seconds / args.batch:.4f} | "

@@ -56,6 +56,19 @@ def blend(x: Tensor, background: Tensor, mask: Tensor) -> Tensor:
     return background + mask * (x - background)
 
 
+#: Rows per forward pass when ``internal_batch_size`` is None: small batches are fastest on a CPU
+#: (measured for EfficientNet-Lite0 and ResNet-18 at 224 px: ``benchmarks/RESULTS.md``), large on a GPU.
+ROWS_PER_PASS = {"cpu": 4, "cuda": 64}
+
+
+def per_pass(internal_batch_size: int | None, x: Tensor) -> int:
+    """How many perturbed copies of each of the ``N`` images of ``x`` go into one forward pass:
+    ``internal_batch_size // N`` (at least 1); ``None`` picks :data:`ROWS_PER_PASS` for the device."""
+    rows = internal_batch_size if internal_batch_size is not None else ROWS_PER_PASS.get(x.device.type, 64)
+    check_positive("internal_batch_size", rows, integer=True)
+    return max(1, rows // x.shape[0])
+
+
 def progress_bar(iterable: Iterable, total: int, enabled: bool, desc: str) -> Iterable:
     """A tqdm bar on stderr around ``iterable`` when ``enabled``."""
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False)

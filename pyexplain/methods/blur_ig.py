@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from ..core.targets import Targets
 from ..registry import register_method
 from ._common import gradient_of_scores
-from ._perturb import check_positive, gaussian_blur, progress_bar
+from ._perturb import check_positive, gaussian_blur, per_pass, progress_bar
 
 
 @register_method(
@@ -19,7 +19,7 @@ from ._perturb import check_positive, gaussian_blur, progress_bar
 )
 def blur_ig(
     model: nn.Module, x: Tensor, targets: Targets, *, max_sigma: float = 50.0, steps: int = 100,
-    internal_batch_size: int = 32, progress: bool = False,
+    internal_batch_size: int | None = None, progress: bool = False,
 ) -> Tensor:
     """``A = Σ_i (x_{σ_i} − x_{σ_{i+1}}) ⊙ ∇F_t((x_{σ_i} + x_{σ_{i+1}})/2)``.
 
@@ -27,15 +27,15 @@ def blur_ig(
     space, kernel cut at 4σ), ``σ_i = i · max_sigma / steps`` for ``i = 0..steps`` (a linear
     schedule: ``x_{σ_0} = x``). The path integral is taken along the polyline through the blurred
     images, each segment by the midpoint rule, so ``ΣA ≈ F_t(x) − F_t(x_{max_sigma})`` and the sum
-    is exact for models quadratic in the input.
+    is exact for models quadratic in the input. ``internal_batch_size`` rows go into one
+    forward/backward pass (None: 4 on a CPU, 64 on a GPU).
     """
     check_positive("max_sigma", max_sigma)
     check_positive("steps", steps, integer=True)
-    check_positive("internal_batch_size", internal_batch_size, integer=True)
     t = targets.resolve_with(model, x)
     sigmas = [max_sigma * i / steps for i in range(steps + 1)]
     n = x.shape[0]
-    per_batch = max(1, internal_batch_size // n)
+    per_batch = per_pass(internal_batch_size, x)
     total = torch.zeros_like(x)
     starts = range(0, steps, per_batch)
     for start in progress_bar(starts, len(starts), progress, "blur_ig"):

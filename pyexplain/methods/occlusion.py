@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..core.targets import Targets, target_scores
 from ..errors import PyExplainError
 from ..registry import register_method
-from ._perturb import check_positive, progress_bar
+from ._perturb import check_positive, per_pass, progress_bar
 
 
 def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
@@ -38,20 +38,21 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 )
 def occlusion(
     model: nn.Module, x: Tensor, targets: Targets, *, window: int | tuple[int, int] = 32,
-    stride: int | tuple[int, int] = 16, fill: float = 0.0, internal_batch_size: int = 64, progress: bool = False,
+    stride: int | tuple[int, int] = 16, fill: float = 0.0, internal_batch_size: int | None = None,
+    progress: bool = False,
 ) -> Tensor:
     """``a(p) = mean_{W ∋ p} [F_t(x) − F_t(x with W set to fill)]`` over the windows ``W`` covering
     pixel ``p``; the map is spread evenly over the channels (``A.sum(1) = a``).
 
     ``fill`` is in the model's normalized input space (0 = the dataset's mean colour).
+    ``internal_batch_size`` rows go into one forward pass (None: 4 on a CPU, 64 on a GPU).
     """
     (wh, ww), (sh, sw) = _pair("window", window), _pair("stride", stride)
-    check_positive("internal_batch_size", internal_batch_size, integer=True)
     n, c, h, w = x.shape
     t = targets.resolve_with(model, x)
     clean = target_scores(targets.logits, t, targets.score)
     positions = [(i, j) for i in window_starts(h, wh, sh) for j in window_starts(w, ww, sw)]
-    per_batch = max(1, internal_batch_size // n)
+    per_batch = per_pass(internal_batch_size, x)
     total = torch.zeros(n, h, w, dtype=x.dtype, device=x.device)
     count = torch.zeros(h, w, dtype=x.dtype, device=x.device)
     chunks = range(0, len(positions), per_batch)

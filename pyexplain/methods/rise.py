@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..core.targets import Targets, target_scores
 from ..registry import register_method
-from ._perturb import check_fraction, check_positive, progress_bar
+from ._perturb import check_fraction, check_positive, per_pass, progress_bar
 
 
 def draw_masks(count: int, size: tuple[int, int], cells: int, keep: float,
@@ -43,7 +43,8 @@ def render_masks(grid: Tensor, dy: Tensor, dx: Tensor, size: tuple[int, int], dt
 )
 def rise(
     model: nn.Module, x: Tensor, targets: Targets, *, masks: int = 1000, cells: int = 7, keep: float = 0.5,
-    seed: int = 0, probability: bool = True, internal_batch_size: int = 64, progress: bool = False,
+    seed: int = 0, probability: bool = True, internal_batch_size: int | None = None,
+    progress: bool = False,
 ) -> Tensor:
     """``S = 1/(N·p) Σ_i P_t(x ⊙ M_i) · M_i`` over ``N = masks`` masks (:func:`render_masks`) with
     ``p = keep``; the map is spread evenly over the channels (``A.sum(1) = S``).
@@ -51,17 +52,17 @@ def rise(
     ``P_t`` is the target's softmax probability (as in the paper); ``probability=False`` uses the
     score given to :func:`pyexplain.explain` instead (the logit by default). Every image of a
     batch sees the same masks: their random grids and offsets are drawn at once from ``seed`` on
-    the model's device, and the masks are rendered there batch by batch.
+    the model's device, and the masks are rendered there batch by batch, ``internal_batch_size``
+    masked images per forward pass (None: 4 on a CPU, 64 on a GPU).
     """
     check_positive("masks", masks, integer=True)
     check_positive("cells", cells, integer=True)
-    check_positive("internal_batch_size", internal_batch_size, integer=True)
     check_fraction("keep", keep)
     n, c, h, w = x.shape
     t = targets.resolve_with(model, x)
     score = "probability" if probability else targets.score
     grid, dy, dx = draw_masks(masks, (h, w), cells, keep, torch.Generator(device=x.device).manual_seed(seed))
-    per_batch = max(1, internal_batch_size // n)
+    per_batch = per_pass(internal_batch_size, x)
     total = torch.zeros(n, h, w, dtype=x.dtype, device=x.device)
     chunks = range(0, masks, per_batch)
     for start in progress_bar(chunks, len(chunks), progress, "rise"):
