@@ -15,7 +15,6 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from ..errors import PyExplainError
-from ..methods._lpr_rules import load_rules
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,6 @@ def load_channel_rules(source: ChannelRules | str | os.PathLike | dict | Sequenc
     if isinstance(source, dict):
         return _from_file_dict(check_rules(source, "LPR rules"), "LPR rules")
     if isinstance(source, (str, os.PathLike)):
-        return _from_dict(load_rules(source), f"rules file {str(source)!r}")
-
         return _from_file_dict(load_rules(source), f"rules file {str(source)!r}")
     if isinstance(source, (list, tuple)) and all(w is None or isinstance(w, Tensor) for w in source):
         return ChannelRules({i: w.detach().float() for i, w in enumerate(source) if w is not None})
