@@ -1,6 +1,7 @@
 """Helpers shared by the gradient-based methods."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -9,6 +10,12 @@ from torch import Tensor, nn
 
 from ..core.activations import ActivationRule, identity_rule, intercept_activations
 from ..core.targets import Targets, target_scores
+
+
+def _rule_context(model: nn.Module, rule: ActivationRule):
+    """Interception only when a rule changes something: the identity rule runs the plain model
+    (no per-operation dispatch through the interception mode)."""
+    return contextlib.nullcontext() if rule is identity_rule else intercept_activations(model, rule)
 
 
 def input_gradient(
@@ -20,7 +27,7 @@ def input_gradient(
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        with intercept_activations(model, rule):
+        with _rule_context(model, rule):
             logits = model(x)
         if clean:
             targets.resolve(logits)
@@ -53,7 +60,7 @@ def gradient_of_scores(
     """``∂ score / ∂ inputs`` for arbitrary rows (noisy or scaled copies) with explicit class indices."""
     inputs = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
-        with intercept_activations(model, rule):
+        with _rule_context(model, rule):
             logits = model(inputs)
         (grad,) = torch.autograd.grad(target_scores(logits, target_indices, targets.score).sum(), inputs)
     return grad
