@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -22,7 +23,19 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
+_DEFAULT_LAYERS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]]" = weakref.WeakKeyDictionary()
+
+
 def default_cam_layer(model: nn.Module, x: Tensor) -> str:
+    """:func:`find_default_cam_layer`, remembered per model and input shape (it costs a forward pass)."""
+    per_model = _DEFAULT_LAYERS.setdefault(model, {})
+    key = tuple(x.shape[1:])
+    if key not in per_model:
+        per_model[key] = find_default_cam_layer(model, x)
+    return per_model[key]
+
+
+def find_default_cam_layer(model: nn.Module, x: Tensor) -> str:
     """The last module (in execution order, pooling and dropout excluded) whose output is a spatial
     map ``[B, C, h, w]`` with h, w > 1.
 
