@@ -74,12 +74,18 @@ class LayerCapture:
 
 @contextlib.contextmanager
 def capture_layer(layer: nn.Module) -> Iterator[LayerCapture]:
-    """Record ``layer``'s output of the forward passes inside the context (the last one wins)."""
+    """Record ``layer``'s output of the forward passes inside the context (the last one wins).
+
+    With grad enabled, the output always requires grad, so gradients with respect to it exist even
+    when nothing upstream (input, parameters) requires grad.
+    """
     capture = LayerCapture()
 
     def hook(module, args, output):
         if not isinstance(output, Tensor):
             raise PyExplainError(f"layer {type(module).__name__} does not return a single tensor")
+        if torch.is_grad_enabled() and not output.requires_grad:
+            output.requires_grad_(True)  # frozen parameters: the graph starts here, not at the input
         capture.output = output
 
     handle = layer.register_forward_hook(hook)

@@ -14,7 +14,6 @@ from ._common import input_gradient, upsample_to_input
 def gradcam_map(model: nn.Module, x: Tensor, targets: Targets, layer: str | None) -> Tensor:
     """Grad-CAM at the layer's resolution, ``[N, h, w]``: ``ReLU(Σ_k α_k A^k)``, ``α_k = mean(∂F_t/∂A^k)``."""
     module = get_layer(model, layer or default_cam_layer(model, x))
-    x = x.detach().requires_grad_(True)  # so the layer's output is in the graph even with frozen parameters
     with torch.enable_grad(), capture_layer(module) as captured:
         logits = model(x)
         targets.resolve(logits)
