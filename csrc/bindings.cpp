@@ -144,6 +144,7 @@ class Launch {
   void run() {
     if (L_.ntargets == 0) return;
     if (f_.is_cpu()) {
+      flatten_if_elementwise();
       L_.threads = at::get_num_threads();
       const bool is_float = f_.scalar_type() == at::kFloat;
 #ifdef PX_HAVE_AVX2_BUILD
@@ -183,6 +184,22 @@ class Launch {
     TORCH_CHECK(t.device() == f_.device(), "pyexplain._C: all tensors must be on ", f_.device(), ", got ", t.device());
     TORCH_CHECK(t.scalar_type() == f_.scalar_type(), "pyexplain._C: all tensors must be ", f_.scalar_type(), ", got ",
                 t.scalar_type());
+  }
+
+  // CPU: when every operand is full or a single value and every output full, nothing depends on the
+  // (n, c) structure, so the launch covers the tensor as one row of numel() positions: tiles of
+  // PX_CPU_CHUNK elements instead of one tile per channel (small activations such as [N, 1152, 7, 7]
+  // otherwise pay a tile's set-up for every 49 elements).
+  void flatten_if_elementwise() {
+    for (int i = 0; i < L_.nin; ++i) {
+      if (L_.in[i].layout != PX_FULL && L_.in[i].layout != PX_SCALAR) return;
+    }
+    for (int q = 0; q < L_.ntargets; ++q) {
+      if (L_.out[q].layout != PX_FULL) return;
+    }
+    L_.S = L_.N * L_.C * L_.S;
+    L_.N = 1;
+    L_.C = 1;
   }
 
   // The layout on the launch geometry: [N, 1, C] when S == 1, and N == 1 makes shared = full.

@@ -106,7 +106,9 @@ class _PluginRule(torch.autograd.Function):
         if not (need_g or need_f or need_ref or need_w):
             return None, None, None, None
         g_out, f, f_ref, weight = ctx.saved_tensors
-        dg, dw, df, dref = _PluginRuleGrad.apply(grad, g_out, f, f_ref, weight, need_g, need_w, need_f, need_ref)
+        args = (grad, g_out, f, f_ref, weight, need_g, need_w, need_f, need_ref)
+        # Without create_graph the gradients are final: the kernel alone, no differentiable wrapper.
+        dg, dw, df, dref = _PluginRuleGrad.apply(*args) if torch.is_grad_enabled() else _C.plugin_backward(*args)
         return dg, df, dref, dw
 
 
@@ -144,7 +146,8 @@ class _MaskedReluBackward(torch.autograd.Function):
         if not (need_g or need_mask):
             return None, None, None, None, None
         g_out, f, mask = ctx.saved_tensors
-        dg, dmask = _MaskedReluGrad.apply(grad, g_out, f, mask, *ctx.gate, need_g, need_mask)
+        args = (grad, g_out, f, mask, *ctx.gate, need_g, need_mask)
+        dg, dmask = _MaskedReluGrad.apply(*args) if torch.is_grad_enabled() else _C.masked_backward(*args)
         return dg, None, dmask, None, None
 
 

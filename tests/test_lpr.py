@@ -43,7 +43,7 @@ def _derivative_weights(graph: RuleGraph, keep_activation_mask: bool) -> list[to
     ``tanh(W f) = 1[φ'(f) = 1]``, or with the activation mask ``tanh(W f)·φ'(f) = φ'(f)``."""
     weights = []
     for site in graph.sites:
-        f = site.f
+        f = site.shift  # no reference here: the activation's input
         on = f != 0 if keep_activation_mask else site.call.derivative(f) > 0
         weights.append(torch.where(on, 20 / f.abs(), torch.zeros_like(f)))
     return weights

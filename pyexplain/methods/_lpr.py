@@ -130,12 +130,13 @@ FAST_BACKWARD_OPS = {F.conv2d: _conv2d_handler, F.batch_norm: _batch_norm_handle
 
 @dataclass
 class RuleSite:
-    """One activation call with a learnable rule. ``weight`` is bound after the forward pass and may
-    change (in place or by rebinding) between backward passes."""
+    """One activation call with a learnable rule. ``shift = f − f_ref`` (``f`` when there is no reference)
+    is computed once: it is the same for every iteration, so the rule reads one activation-sized
+    constant instead of two. ``weight`` is bound after the forward pass and may change (in place or by
+    rebinding) between backward passes."""
 
     call: ActivationCall
-    f: Tensor
-    f_ref: Tensor
+    shift: Tensor
     variant: str
     gate: Tensor | None
     weight: Tensor | None = None
@@ -151,7 +152,7 @@ class RuleSite:
         if self.variant == "gradient":
             g_in = torch.tanh(self.weight * g_out)
         else:
-            g_in = plugin_rule(g_out, self.f, self.f_ref, self.weight)
+            g_in = plugin_rule(g_out, self.shift, None, self.weight)
         return g_in * self.gate if self.gate is not None else g_in
 
 
@@ -179,11 +180,11 @@ class RuleGraph:
                 if call.index >= len(f_ref) or f_ref[call.index].shape[1:] != f.shape[1:]:
                     raise PyExplainError("the model's activation calls differ between the reference and the "
                                          "image forward passes (data-dependent control flow); use reference=False")
-                ref = f_ref[call.index]
+                shift = value - f_ref[call.index]
             else:
-                ref = f.new_zeros((1, *f.shape[1:]))
+                shift = value
             gate = call.derivative(value) if keep_activation_mask else None
-            site = RuleSite(call, value, ref, variant, gate)
+            site = RuleSite(call, shift, variant, gate)
             sites.append(site)
             return replace_backward(call, f, site.backward)
 

@@ -29,7 +29,7 @@ _SETTINGS = ("variant", "reference", "keep_activation_mask", "head")
 
 def _channel_view(weight: Tensor, site: RuleSite) -> Tensor:
     """A stored ``[C]`` vector shaped to broadcast over ``site``'s activation ``[N, C, ...]``."""
-    return weight.reshape(site.shape("channel", 1)).to(site.f.device, site.f.dtype)
+    return weight.reshape(site.shape("channel", 1)).to(site.shift.device, site.shift.dtype)
 
 
 def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterations: int = 50, lr: float = 0.2,
