@@ -4,7 +4,7 @@ weights), as ``explain-dataset --precision bfloat16`` / ``--channels-last`` run 
 markdown table (for benchmarks/RESULTS.md).
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/bench_precision.py [--methods gradxinput,lpr,dmbp]
-        [--photos 2] [--lpr-iterations 50] [--dmbp-iterations 50]
+        [--photos 2] [--lpr-iterations 50] [--dmbp-iterations 50] [--modes float32,bfloat16,channels-last]
 
 Agreement with float32: Spearman rank correlation of the signed maps ``[H, W]`` and
 ``max|Δ| / max|float32 map|``. Time: CPU time of the main thread (one torch thread) per image, wall
@@ -61,7 +61,11 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=2)
     parser.add_argument("--lpr-iterations", type=int, default=50)
     parser.add_argument("--dmbp-iterations", type=int, default=50)
+    parser.add_argument("--modes", default=",".join(MODES), help="float32 always runs (the reference)")
     args = parser.parse_args()
+    modes = ["float32", *[m for m in args.modes.split(",") if m != "float32"]]
+    if set(modes) - set(MODES):
+        parser.error(f"modes: {', '.join(MODES)}")
     torch.set_num_threads(1)
     load_start = os.getloadavg()
     print(f"Machine: {platform.machine()} {os.cpu_count()}-core CPU, no GPU; torch {torch.__version__}; "
@@ -77,10 +81,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         options = {"iterations": iterations[method]} if method in iterations else {}
-        results = {mode: [run_mode(net, x, method, options, mode) for x in inputs] for mode in MODES}
+        results = {mode: [run_mode(net, x, method, options, mode) for x in inputs] for mode in modes}
         base = results["float32"]
         base_cpu = np.mean([r[1] for r in base])
-        for mode in MODES:
+        for mode in modes:
             rho = [spearmanr(b[0].ravel(), r[0].ravel())[0] if mode != "float32" else 1.0 for b, r in zip(base, results[mode])]
             diff = [float(np.abs(r[0] - b[0]).max() / np.abs(b[0]).max()) for b, r in zip(base, results[mode])]
             cpu = np.mean([r[1] for r in results[mode]])
