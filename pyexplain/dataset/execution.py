@@ -18,6 +18,8 @@ SAFETY = 0.8
 MAX_AUTO_BATCH = 256
 #: Images in the probe batch.
 PROBE_ROWS = 2
+#: Iterations of an iterative method in the probe (its peak is that of one iteration with optimizer state).
+PROBE_ITERATIONS = 2
 #: Batch size when none is given and none is measured (the CPU, or nothing to explain).
 DEFAULT_BATCH = {"cpu": 8, "cuda": 32}
 

@@ -39,8 +39,8 @@ from ..registry import get_method
 from ..visualize import overlay
 from .config import ModelSpec, RunConfig, check_precision, resolve_options
 from .distributed import Ranks, env_world, rank_device, shard
-from .execution import (DEFAULT_BATCH, MAX_AUTO_BATCH, PROBE_ROWS, BackoffBatcher, BatchChoice, measured_batch_size,
-                        measures_memory, precision)
+from .execution import (DEFAULT_BATCH, MAX_AUTO_BATCH, PROBE_ITERATIONS, PROBE_ROWS, BackoffBatcher, BatchChoice,
+                        measured_batch_size, measures_memory, precision)
 from .sources import Source, collect_sources, file_sha256
 from .store import Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest, write_npy, write_png
 
@@ -183,7 +183,7 @@ class _Worker:
         from the second one on the optimizer's state exists too."""
         options = dict(self.options)
         if "iterations" in options:
-            options["iterations"] = min(options["iterations"], 2)
+            options["iterations"] = min(options["iterations"], PROBE_ITERATIONS)
         x = self._input(pictures)
         with precision(self.job.precision, self.device.type):
             explain(self.net, x, self.job.method, target=self.target, **options)
