@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pyexplain.cli import main
-from pyexplain.dataset import execution, runner
+from pyexplain.dataset import runner
 from pyexplain.dataset.execution import BackoffBatcher, fitting_batch_size, measured_batch_size
 from pyexplain.errors import PyExplainError
 
