@@ -18,8 +18,9 @@ SAFETY = 0.8
 MAX_AUTO_BATCH = 256
 #: Images in the probe batch.
 PROBE_ROWS = 2
-#: Iterations of an iterative method in the probe (its peak is that of one iteration with optimizer state).
-PROBE_ITERATIONS = 2
+#: Iterations of an iterative method in the probe. On the CPU, LPR's and DMBP's peak memory at 4
+#: iterations is within 5% of that at 32, but 25% below it (LPR) at 2 (benchmarks/bench_probe_iterations.py).
+PROBE_ITERATIONS = 4
 #: Batch size when none is given and none is measured (the CPU, or nothing to explain).
 DEFAULT_BATCH = {"cpu": 8, "cuda": 32}
 

@@ -178,9 +178,9 @@ class _Worker:
         return x.contiguous(memory_format=torch.channels_last) if self.job.channels_last else x
 
     def probe(self, pictures: list) -> None:
-        """Explain ``pictures`` once, as a batch of the run would be, but with at most 2 iterations
-        of an iterative method: an iteration's peak memory does not grow with their number, and
-        from the second one on the optimizer's state exists too."""
+        """Explain ``pictures`` once, as a batch of the run would be, but with at most
+        :data:`PROBE_ITERATIONS` iterations of an iterative method (its peak memory hardly grows
+        after the first few)."""
         options = dict(self.options)
         if "iterations" in options:
             options["iterations"] = min(options["iterations"], PROBE_ITERATIONS)
