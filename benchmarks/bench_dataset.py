@@ -1,8 +1,13 @@
 """Throughput of ``pyexplain explain-dataset`` over a folder: 1 vs 2 processes (torchrun, gloo) on
-the CPU, channels-last, and bfloat16 autocast with its effect on the maps (Spearman rank
-correlation with float32). Prints a markdown table (for benchmarks/RESULTS.md).
+the CPU for Grad×Input, LPR and DMBP; for Grad×Input also 2 threads, channels-last, and bfloat16
+autocast with its effect on the maps (Spearman rank correlation with float32; per-method precision
+figures: bench_precision.py). Prints a markdown table (for benchmarks/RESULTS.md).
 
-    PYTHONPATH=$PWD python benchmarks/bench_dataset.py [--images 12] [--batch-size 2]
+    PYTHONPATH=$PWD python benchmarks/bench_dataset.py [--images 12] [--iterative-images 4] [--batch-size 2]
+        [--lpr-iterations 50] [--dmbp-iterations 50]
+
+LPR and DMBP run over the first ``--iterative-images`` photos with ``-O iterations=N`` (LPR's
+default is 50, DMBP's 200).
 
 images/s counts explained images over the work phase (after model loading and the scan), as the
 run's own summary reports it; "wall" includes process start-up. Peak memory: max RSS per process.
@@ -46,6 +51,7 @@ def make_folder(root: Path, count: int) -> None:
 
 
 def run(src: Path, out: Path, method: str, processes: int, threads: int, extra: list[str], batch: int) -> dict:
+    """One ``explain-dataset`` run in a fresh process (or ``processes`` under torchrun); its summary."""
     summary = out.parent / f"{out.name}.json"
     command = ["-m", "pyexplain", "explain-dataset", str(src), "--out", str(out), "--method", method,
                "--batch-size", str(batch), "--no-progress", "--summary", str(summary), *extra]
@@ -72,37 +78,47 @@ def rank_correlation(a: Path, b: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--iterative-images", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lpr-iterations", type=int, default=50)
+    parser.add_argument("--dmbp-iterations", type=int, default=50)
     parser.add_argument("--model", default="efficientnet_lite0")
     args = parser.parse_args()
     model = ["--model", args.model]
+    iterations = {"lpr": args.lpr_iterations, "dmbp": args.dmbp_iterations}
+    load = os.getloadavg()
     print(f"Machine: {platform.machine()} {os.cpu_count()}-core CPU, no GPU; torch {torch.__version__}; "
-          f"model {args.model} at 224x224; {args.images} JPEG images; batch size {args.batch_size}; "
-          f"load average at start {os.getloadavg()[0]:.1f} (shared machine)\n")
+          f"model {args.model} at 224x224; JPEG photos: {args.images} (gradxinput), {args.iterative_images} "
+          f"(lpr, dmbp); batch size {args.batch_size}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_folder(tmp / "src", args.images)
+        make_folder(tmp / "src-iterative", args.iterative_images)
         for method in METHODS:
             try:
                 get_method(method)
             except PyExplainError:
                 notes.append(f"{method}: skipped (method not registered in this build)")
                 continue
-            configs = [("1 process × 1 thread", 1, 1, []), ("1 process × 2 threads", 1, 2, []),
-                       ("2 processes × 1 thread (torchrun, gloo)", 2, 1, [])]
-            if method == "gradxinput":
-                configs += [("1 process × 1 thread, channels-last", 1, 1, ["--channels-last"]),
+            configs = [("1 process × 1 thread", 1, 1, []), ("2 processes × 1 thread (torchrun, gloo)", 2, 1, [])]
+            src, options = tmp / "src", []
+            if method in iterations:
+                src, options = tmp / "src-iterative", ["-O", f"iterations={iterations[method]}"]
+            else:
+                configs += [("1 process × 2 threads", 1, 2, []),
+                            ("1 process × 1 thread, channels-last", 1, 1, ["--channels-last"]),
                             ("1 process × 1 thread, bfloat16 autocast", 1, 1, ["--precision", "bfloat16"])]
             results = {}
             for label, processes, threads, extra in configs:
                 out = tmp / f"{method}-{len(results)}"
-                results[label] = run(tmp / "src", out, method, processes, threads, model + extra, args.batch_size)
+                results[label] = run(src, out, method, processes, threads, model + options + extra, args.batch_size)
                 results[label]["out"] = out
             base = results["1 process × 1 thread"]
             for label, r in results.items():
                 ratio = r["images_per_second"] / base["images_per_second"]
-                rows.append((method, label, f"{r['images_per_second']:.2f}", f"{ratio:.2f}", f"{r['wall']:.1f}",
+                rows.append((method, str(iterations.get(method, "-")), str(r["explained"]), label,
+                             f"{r['images_per_second']:.3f}", f"{ratio:.2f}", f"{r['wall']:.1f}",
                              " / ".join(f"{m:.0f}" for m in r["peak_rss_mib"])))
             bf16 = [r for label, r in results.items() if "bfloat16" in label]
             if bf16:
@@ -110,17 +126,20 @@ def main() -> None:
                 notes.append(f"{method}: bfloat16 autocast vs float32 maps, Spearman rank correlation over "
                              f"{args.images} images: mean {mean:.4f}, min {low:.4f}")
             two = results["2 processes × 1 thread (torchrun, gloo)"]["out"]
-            same = all((two / p.relative_to(results["1 process × 1 thread"]["out"])).read_bytes() == p.read_bytes()
-                       for p in sorted(results["1 process × 1 thread"]["out"].rglob("*")) if p.is_file() and ".pyexplain" not in p.parts)
+            same = all((two / p.relative_to(base["out"])).read_bytes() == p.read_bytes()
+                       for p in sorted(base["out"].rglob("*")) if p.is_file() and ".pyexplain" not in p.parts)
             notes.append(f"{method}: 2-process outputs (maps + manifest) byte-identical to 1 process × 1 thread: {same}")
-    print("| method | configuration | images/s | × vs 1 process × 1 thread | wall s (with start-up) | peak RSS MiB per process |")
-    print("|---|---|---|---|---|---|")
+            print(f"(done: {method}, load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+    print("| method | iterations | images | configuration | images/s | × vs 1 process × 1 thread | wall s (with start-up) "
+          "| peak RSS MiB per process |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     for method in METHODS:
-        print(f"| {method} | GPU (VGG16 224×224, batched; TF32 / bfloat16 rank correlation) | {NO_GPU} | | | |")
+        print(f"| {method} | | | GPU (VGG16 224×224, batched; TF32 / bfloat16 rank correlation) | {NO_GPU} | | | |")
     print()
-    notes.append(f"load average at end {os.getloadavg()[0]:.1f}")
+    load = os.getloadavg()
+    notes.append(f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     for note in notes:
         print(f"- {note}")
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from pyexplain.cli import main
-from pyexplain.dataset.execution import BackoffBatcher
+from pyexplain.dataset import runner
+from pyexplain.dataset.execution import BackoffBatcher, fitting_batch_size, measured_batch_size
 from pyexplain.errors import PyExplainError
 
 TESTS = Path(__file__).resolve().parent
@@ -284,6 +285,83 @@ def test_backoff_batcher_halves_on_out_of_memory_only():
         BackoffBatcher(4).run(4, other)
 
 
+MIB = 2**20
+
+
+def test_fitting_batch_size_by_hand():
+    # 2-image probe peaking 300 MiB → 150 MiB per image; 0.8 · 10000 MiB = 8000 MiB → ⌊8000/150⌋ = 53
+    assert fitting_batch_size(300 * MIB, 2, 10_000 * MIB, limit=256) == 53
+    assert fitting_batch_size(300 * MIB, 2, 10_000 * MIB, limit=20) == 20  # capped (images, maximum)
+    assert fitting_batch_size(1024 * MIB, 1, 40 * 1024 * MIB, limit=256, safety=0.5) == 20  # 20 GiB / 1 GiB
+    assert fitting_batch_size(300 * MIB, 2, 100 * MIB, limit=256) == 1  # ⌊80/150⌋ = 0 → never below 1
+    assert fitting_batch_size(0, 2, 100 * MIB, limit=7) == 7  # nothing measurable per image: the cap
+    with pytest.raises(ValueError):
+        fitting_batch_size(MIB, 0, MIB, limit=4)
+
+
+class FakeCudaMemory:
+    """Stands in for torch.cuda's memory functions: ``allocated`` before the probe, ``allocated + peak``
+    as the peak after it, ``free`` from ``mem_get_info``; every call is logged in order."""
+
+    def __init__(self, monkeypatch, allocated: int, peak: int, free: int) -> None:
+        self.log: list[str] = []
+        logged = lambda name, value=None: lambda *a, **k: (self.log.append(name), value)[1]  # noqa: E731
+        for name, value in (("synchronize", None), ("reset_peak_memory_stats", None), ("empty_cache", None),
+                            ("memory_allocated", allocated), ("max_memory_allocated", allocated + peak),
+                            ("mem_get_info", (free, 80_000 * MIB))):
+            monkeypatch.setattr(torch.cuda, name, logged(name, value))
+
+
+def test_measured_batch_size_reads_peak_around_the_probe_then_free_memory(monkeypatch):
+    fake = FakeCudaMemory(monkeypatch, allocated=500 * MIB, peak=300 * MIB, free=10_000 * MIB)
+    choice = measured_batch_size(lambda: fake.log.append("probe"), 2, 256, torch.device("cuda"))
+    assert choice.size == 53 and "300 MiB" in choice.how and "10000 MiB free" in choice.how
+    order = [fake.log.index(name) for name in ("reset_peak_memory_stats", "memory_allocated", "probe",
+                                                "max_memory_allocated", "empty_cache", "mem_get_info")]
+    assert order == sorted(order)  # peak read around the probe; free memory read after the cache is emptied
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError("fake")
+
+    assert measured_batch_size(out_of_memory, 2, 256, torch.device("cuda")).size == 1
+
+    def broken():
+        raise RuntimeError("not memory")
+
+    with pytest.raises(RuntimeError, match="not memory"):
+        measured_batch_size(broken, 2, 256, torch.device("cuda"))
+
+
+def test_batch_size_is_measured_when_memory_is_measurable_else_the_cpu_default(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    kinds = make_folder(src, good=7)  # 11 files, 4 of them unreadable
+    summary = tmp_path / "summary.json"
+    assert run_cli([src, "--out", tmp_path / "cpu", "--summary", summary, *TINY]) == 0
+    assert json.loads(summary.read_text())["batch_size"] == 8  # CPU: the default, no probe
+
+    monkeypatch.setattr(runner, "measures_memory", lambda device: True)  # the CUDA path, memory faked
+    fake = FakeCudaMemory(monkeypatch, allocated=0, peak=2 * MIB, free=5 * MIB)  # ⌊0.8 · 5 · 2 / 2⌋ = 4
+    assert run_cli([src, "--out", tmp_path / "auto", "--summary", summary, *TINY]) == 0
+    result = json.loads(summary.read_text())
+    assert result["batch_size"] == 4 and result["micro_batch"] == [4] and "2-image probe" in result["batch_choice"]
+    assert fake.log.count("reset_peak_memory_stats") == 1 and fake.log.count("mem_get_info") == 1
+    assert run_cli([src, "--out", tmp_path / "given", "--batch-size", "4", *TINY]) == 0
+    assert outputs(tmp_path / "auto") == outputs(tmp_path / "given")  # the probe leaves no trace in the maps
+
+    FakeCudaMemory(monkeypatch, allocated=0, peak=MIB, free=10**6 * MIB)
+    assert run_cli([src, "--out", tmp_path / "capped", "--summary", summary, *TINY]) == 0
+    assert json.loads(summary.read_text())["batch_size"] == len(kinds)  # capped by the number of images
+
+
+def test_tf32_is_refused_on_the_cpu(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_folder(src, good=2)
+    assert run_cli([src, "--out", tmp_path / "out", "--precision", "tf32", "--device", "cpu", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "CUDA" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_list_file_mirrors_entries_and_reports_missing_ones(tmp_path):
     images = tmp_path / "data"
     make_folder(images, good=3)
@@ -339,3 +417,15 @@ def test_cuda_run_matches_cpu_and_reduced_precision_stays_rank_correlated(tmp_pa
                 np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
             else:
                 assert spearmanr(expected.ravel(), got.ravel())[0] > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batch_size_is_measured_and_fits(tmp_path):
+    src = tmp_path / "src"
+    make_folder(src, good=6)
+    summary = tmp_path / "summary.json"
+    assert run_cli([src, "--out", tmp_path / "cuda", "--device", "cuda", "--summary", summary, *TINY]) == 0
+    result = json.loads(summary.read_text())
+    assert "probe" in result["batch_choice"] and 1 <= result["batch_size"] <= 10
+    assert result["micro_batch"] == [result["batch_size"]]  # no out-of-memory back-off was needed

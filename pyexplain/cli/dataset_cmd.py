@@ -34,8 +34,8 @@ def explain_dataset_command(
     mean: Optional[str] = typer.Option(None, "--mean", help="Normalization mean, e.g. 0.5,0.5,0.5."),
     std: Optional[str] = typer.Option(None, "--std", help="Normalization std."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names file, one per line."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 8 on CPU, 32 on CUDA; halved automatically on out-of-memory)."),
-    precision: str = typer.Option("float32", "--precision", help=f"{', '.join(PRECISIONS)} (tf32 acts on CUDA only)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default: on CUDA measured with a probe batch to fit 80% of the free memory, 8 on the CPU; halved on out-of-memory)."),
+    precision: str = typer.Option("float32", "--precision", help=f"{', '.join(PRECISIONS)} (tf32: CUDA only; bfloat16: autocast, maps saved as float32)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Run the model in channels-last memory format."),
     png: bool = typer.Option(False, "--png", help="Also write a heatmap overlay PNG per image."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of a run with other settings in --out."),
@@ -61,5 +61,6 @@ def explain_dataset_command(
         atomic_write(summary, lambda tmp: tmp.write_text(text))
     print(f"{result.explained} explained, {result.already_complete} already complete, {result.unreadable} unreadable "
           f"of {result.sources} files in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s, "
-          f"{result.world_size} process{'es' if result.world_size > 1 else ''}); manifest: {result.manifest}",
+          f"{result.world_size} process{'es' if result.world_size > 1 else ''}; batch size {result.batch_size}: "
+          f"{result.batch_choice}); manifest: {result.manifest}",
           file=sys.stderr)

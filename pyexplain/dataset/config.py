@@ -78,9 +78,13 @@ def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     return {**info.defaults, **options}
 
 
-def check_precision(precision: str) -> str:
+def check_precision(precision: str, device: str) -> str:
+    """``precision`` if it is known and exists on ``device`` (TensorFloat-32 is a CUDA-only format)."""
     if precision not in PRECISIONS:
         raise PyExplainError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision == "tf32" and not device.startswith("cuda"):
+        raise PyExplainError("--precision tf32 needs a CUDA device (TensorFloat-32 exists on NVIDIA GPUs only); "
+                             "on the CPU use float32 or bfloat16")
     return precision
 
 

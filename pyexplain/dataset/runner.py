@@ -6,16 +6,19 @@ Work plan, identical on every rank:
 2. *Scan*: each rank hashes a round-robin share of the sources and decides which are settled: a
    journal record of this configuration and these source bytes with complete outputs, or a source
    known to be unreadable. The verdicts are all-gathered.
-3. *Work*: the sorted sources are cut into fixed batches of ``batch_size`` (batch ``k`` holds
+3. *Batch size*: given, or on CUDA measured by a probe (``execution.measured_batch_size``; the
+   smallest over the ranks), or the CPU default.
+4. *Work*: the sorted sources are cut into fixed batches of ``batch_size`` (batch ``k`` holds
    sources ``k·B … k·B+B−1``); every batch holding an unsettled source is explained whole, so a batch
    always has the same rows whatever the number of ranks or what an earlier run finished, and
    float results do not depend on either. Those batches are shared round-robin among the ranks;
    each rank writes the outputs of its unsettled sources and journals them.
-4. Rank 0 gathers the new records and writes the manifest: one record per source, sorted.
+5. Rank 0 gathers the new records and writes the manifest: one record per source, sorted.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import resource
 import sys
 import time
@@ -36,7 +39,8 @@ from ..registry import get_method
 from ..visualize import overlay
 from .config import ModelSpec, RunConfig, check_precision, resolve_options
 from .distributed import Ranks, env_world, rank_device, shard
-from .execution import BackoffBatcher, precision
+from .execution import (DEFAULT_BATCH, MAX_AUTO_BATCH, PROBE_ITERATIONS, PROBE_ROWS, BackoffBatcher, BatchChoice,
+                        measured_batch_size, measures_memory, precision)
 from .sources import Source, collect_sources, file_sha256
 from .store import Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest, write_npy, write_png
 
@@ -52,7 +56,7 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
     target: str | None = None
     device: str = "cpu"
-    batch_size: int | None = None  #: None: 8 on CPU, 32 on CUDA
+    batch_size: int | None = None  #: None: measured on CUDA (a probe batch), 8 on the CPU
     precision: str = "float32"
     channels_last: bool = False
     png: bool = False
@@ -71,6 +75,7 @@ class Summary:
     images_per_second: float
     world_size: int
     batch_size: int
+    batch_choice: str
     micro_batch: list[int]
     peak_rss_mib: list[float]
     peak_cuda_mib: list[float] | None
@@ -138,10 +143,13 @@ class _Worker:
     """Explains whole batches and writes the outputs of their unsettled sources."""
 
     def __init__(self, job: Job, net: torch.nn.Module, preprocess, target: int | None, options: dict[str, Any],
-                 layout: Layout, records: _Records, journal: Journal, device: str, batch_size: int) -> None:
+                 layout: Layout, records: _Records, journal: Journal, device: str) -> None:
         self.job, self.net, self.preprocess, self.target, self.options = job, net, preprocess, target, options
         self.layout, self.records, self.journal, self.device = layout, records, journal, torch.device(device)
-        self.batcher = BackoffBatcher(batch_size, self._note_backoff)
+        self.batcher = BackoffBatcher(DEFAULT_BATCH[self.device.type], self._note_backoff)
+
+    def use_batch_size(self, size: int) -> None:
+        self.batcher = BackoffBatcher(size, self._note_backoff)
 
     @staticmethod
     def _note_backoff(size: int) -> None:
@@ -165,11 +173,24 @@ class _Worker:
             rows.append((index, picture, [_reason(note, source) for note in notes]))
         return rows, unreadable
 
+    def _input(self, pictures: list) -> Tensor:
+        x = torch.cat([self.preprocess(picture) for picture in pictures]).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.job.channels_last else x
+
+    def probe(self, pictures: list) -> None:
+        """Explain ``pictures`` once, as a batch of the run would be, but with at most
+        :data:`PROBE_ITERATIONS` iterations of an iterative method (its peak memory hardly grows
+        after the first few)."""
+        options = dict(self.options)
+        if "iterations" in options:
+            options["iterations"] = min(options["iterations"], PROBE_ITERATIONS)
+        x = self._input(pictures)
+        with precision(self.job.precision, self.device.type):
+            explain(self.net, x, self.job.method, target=self.target, **options)
+
     def explain(self, batch: int, rows) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
         """Maps ``[n, H, W]``, extras, targets and scores of the batch's rows (float32, on the CPU)."""
-        x = torch.cat([self.preprocess(picture) for _, picture, _ in rows]).to(self.device)
-        if self.job.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._input([picture for _, picture, _ in rows])
 
         def compute(start: int, stop: int):
             torch.manual_seed(_chunk_seed(self.job.seed, batch, start))
@@ -198,16 +219,39 @@ class _Worker:
         return record
 
 
-def _default_batch(device: str) -> int:
-    return 32 if device.startswith("cuda") else 8
+def _choose_batch(job: Job, worker: _Worker, sources: list[Source], pending: list[int], device: str,
+                  ranks: Ranks) -> BatchChoice:
+    """``--batch-size`` if given; on CUDA the size measured by a probe on the first readable pending
+    images (the smallest over the ranks, which all probe), capped by :data:`MAX_AUTO_BATCH` and by
+    the pending images per rank; else the default."""
+    if job.batch_size is not None:
+        return BatchChoice(job.batch_size, "given (--batch-size)")
+    kind = torch.device(device).type
+    if not measures_memory(device):
+        return BatchChoice(DEFAULT_BATCH[kind], f"default on {kind}")
+    pictures = []
+    for index in pending:
+        try:
+            pictures.append(load_image(sources[index].path))
+        except PyExplainError:
+            continue
+        if len(pictures) == PROBE_ROWS:
+            break
+    if not pictures:
+        return BatchChoice(DEFAULT_BATCH[kind], f"default on {kind} (no readable image to probe)")
+    limit = min(MAX_AUTO_BATCH, math.ceil(len(pending) / ranks.world))
+    choice = measured_batch_size(lambda: worker.probe(pictures), len(pictures), limit, torch.device(device))
+    return min(ranks.all_gather(choice), key=lambda c: c.size)
 
 
 def run_dataset(job: Job) -> Summary:
     """Run ``job`` on this process (one rank of a torchrun job, or alone). Every rank returns the
     same :class:`Summary`; rank 0 wrote the manifest."""
-    check_precision(job.precision)
     rank, world, local = env_world()
     device = rank_device(job.device, local, world)
+    check_precision(job.precision, device)
+    if job.batch_size is not None and job.batch_size < 1:
+        raise PyExplainError(f"--batch-size must be at least 1, got {job.batch_size}")
     ranks = Ranks.start(device)
     try:
         return _run(job, ranks, device)
@@ -226,9 +270,6 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
     config = RunConfig(job.model.identity(), job.method, options, target, job.precision, job.seed)
     layout = Layout(job.out)
     sources = collect_sources(job.src, exclude=job.out)
-    batch_size = job.batch_size or _default_batch(device)
-    if batch_size < 1:
-        raise PyExplainError(f"--batch-size must be at least 1, got {batch_size}")
     records = _Records(config, job.model.name)
 
     failure = None
@@ -250,8 +291,11 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
         for part in ranks.all_gather(mine):
             verdicts.update(part)
         pending = [i for i in range(len(sources)) if verdicts[i].record is None]
+        worker = _Worker(job, net, preprocess, target, options, layout, records, journal, device)
+        choice = _choose_batch(job, worker, sources, pending, device, ranks)
+        batch_size = choice.size
+        worker.use_batch_size(batch_size)
         batches = shard(sorted({i // batch_size for i in pending}), ranks.rank, ranks.world)
-        worker = _Worker(job, net, preprocess, target, options, layout, records, journal, device, batch_size)
         started = time.perf_counter()
         new_records = _work(worker, sources, verdicts, set(pending), batches, batch_size, ranks.rank == 0 and job.progress, info.name)
         seconds = time.perf_counter() - started
@@ -275,7 +319,7 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
             already_complete=sum(1 for v in verdicts.values() if v.record is not None and v.record["status"] == "ok"),
             unreadable=sum(1 for r in final if r["status"] == "unreadable"), seconds=elapsed,
             images_per_second=explained / elapsed if elapsed > 0 else 0.0, world_size=ranks.world,
-            batch_size=batch_size, micro_batch=[s["micro_batch"] for s in all_stats],
+            batch_size=batch_size, batch_choice=choice.how, micro_batch=[s["micro_batch"] for s in all_stats],
             peak_rss_mib=[round(s["rss"], 1) for s in all_stats],
             peak_cuda_mib=None if all_stats[0]["cuda"] is None else [round(s["cuda"], 1) for s in all_stats],
             manifest=str(layout.manifest),
