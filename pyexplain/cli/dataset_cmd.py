@@ -16,30 +16,32 @@ from ..dataset.distributed import env_world
 from ..io import atomic_write
 from ..models import DEFAULT_MODEL, read_labels
 from . import app
-from .options import parse_floats, parse_method_options, resolve_device
+from .options import (
+    InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption, RandomWeightsOption, SeedOption,
+    StdOption, WeightsOption, parse_floats, parse_method_options, resolve_device)
 
 
 @app.command("explain-dataset")
 def explain_dataset_command(
     src: Path = typer.Argument(..., help="A folder of images (searched recursively) or a text file listing image paths."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (maps/, png/, manifest.jsonl)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name, or package.module:factory."),
+    model: ModelOption = DEFAULT_MODEL,
     method: str = typer.Option("gradxinput", "--method", help="Attribution method (see `pyexplain methods`)."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    option: MethodOptions = [],
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Class index or name for every image (default: top-1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (each torchrun rank uses cuda:LOCAL_RANK)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="State-dict file (weights_only)."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Random weights (speed work only)."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side length (own models)."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Normalization mean, e.g. 0.5,0.5,0.5."),
-    std: Optional[str] = typer.Option(None, "--std", help="Normalization std."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Class names file, one per line."),
+    weights: WeightsOption = None,
+    random_weights: RandomWeightsOption = False,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    labels: LabelsOption = None,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default: on CUDA measured with a probe batch to fit 80% of the free memory, 8 on the CPU; halved on out-of-memory)."),
     precision: str = typer.Option("float32", "--precision", help=f"{', '.join(PRECISIONS)} (tf32: CUDA only; bfloat16: autocast, maps saved as float32)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Run the model in channels-last memory format."),
     png: bool = typer.Option(False, "--png", help="Also write a heatmap overlay PNG per image."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of a run with other settings in --out."),
-    seed: int = typer.Option(0, "--seed", help="Seed for torch's RNG."),
+    seed: SeedOption = 0,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with images/s on stderr."),
     summary: Optional[Path] = typer.Option(None, "--summary", help="Also write the run's summary as JSON to this file."),
 ) -> None:

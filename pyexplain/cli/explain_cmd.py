@@ -19,7 +19,9 @@ from ..models import DEFAULT_MODEL, load_model, read_labels
 from ..registry import get_method
 from ..visualize import overlay
 from . import app
-from .options import parse_floats, parse_method_options, resolve_device
+from .options import (
+    InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption, RandomWeightsOption, SeedOption,
+    StdOption, WeightsOption, parse_floats, parse_method_options, resolve_device)
 
 
 def lpr_rules_for(method: str, path: Path, model: str) -> dict:
@@ -48,21 +50,21 @@ def _output_stems(sources: list[str], method: str) -> list[str]:
 @app.command("explain")
 def explain_command(
     images: list[str] = typer.Argument(..., help="Image files (JPEG, PNG, ...) or builtin:NAME (e.g. builtin:chelsea)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name, or package.module:factory."),
+    model: ModelOption = DEFAULT_MODEL,
     method: str = typer.Option("gradxinput", "--method", help="Attribution method (see `pyexplain methods`)."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Class index or name (default: top-1)."),
     out: Path = typer.Option(Path("pyexplain-out"), "--out", "-o", help="Output directory."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print predictions, target and written paths as JSON."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="State-dict file (weights_only)."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Random weights (speed work only)."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side length (own models)."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Normalization mean, e.g. 0.5,0.5,0.5."),
-    std: Optional[str] = typer.Option(None, "--std", help="Normalization std."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Class names file, one per line."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    weights: WeightsOption = None,
+    random_weights: RandomWeightsOption = False,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    labels: LabelsOption = None,
+    option: MethodOptions = [],
     batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
-    seed: int = typer.Option(0, "--seed", help="Seed for torch's RNG."),
+    seed: SeedOption = 0,
     rules: Optional[Path] = typer.Option(None, "--rules", help="LPR rules file from `pyexplain fit-rules` (--method lpr): a fixed rule, 1 forward + 1 backward."),
 ) -> None:
     """Write a heatmap PNG (red = for, blue = against) and the raw map (.npy) per image."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import torch
 import typer
@@ -16,7 +15,9 @@ from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_ch
 from ..methods._lpr_rules import fit_rules, rule_summary, save_rules
 from ..models import DEFAULT_MODEL
 from . import app
-from .options import parse_floats, parse_method_options, resolve_device
+from .options import (
+    InputSizeOption, MeanOption, ModelOption, RandomWeightsOption, SeedOption, StdOption, WeightsOption,
+    parse_floats, parse_method_options, resolve_device)
 
 #: ``-O`` keys accepted by fit-rules (the per-image LPR options that make sense for shared channel rules).
 _LOSS_KEYS = ("gamma", "alpha", "beta", "lam", "mask", "smooth_sigma", "normalize")
@@ -27,18 +28,18 @@ _RULE_KEYS = ("variant", "reference", "keep_activation_mask", "head", "init")
 def fit_rules_command(
     images: list[str] = typer.Argument(..., help="Image files or builtin:NAME photos to fit the rules on."),
     out: Path = typer.Option(..., "--out", "-o", help="Rules file to write (e.g. rules.pt)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name, or package.module:factory."),
+    model: ModelOption = DEFAULT_MODEL,
     iterations: int = typer.Option(50, "--iterations", help="Adam steps over the whole set."),
     lr: float = typer.Option(0.2, "--lr", help="Adam learning rate."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per chunk (more images: chunks are recomputed each step)."),
     option: list[str] = typer.Option([], "--option", "-O", help=f"LPR option KEY=VALUE: {', '.join(_LOSS_KEYS + _RULE_KEYS)}."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="State-dict file (weights_only)."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Random weights (speed work only)."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side length (own models)."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Normalization mean, e.g. 0.5,0.5,0.5."),
-    std: Optional[str] = typer.Option(None, "--std", help="Normalization std."),
-    seed: int = typer.Option(0, "--seed", help="Seed for torch's RNG."),
+    weights: WeightsOption = None,
+    random_weights: RandomWeightsOption = False,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    seed: SeedOption = 0,
 ) -> None:
     """Learn one LPR channel rule per activation call, shared by all IMAGES (each explained for its
     top-1 class), and save it for `pyexplain explain --method lpr --rules FILE`."""

@@ -1,12 +1,26 @@
-"""Parsing shared by the commands: devices, method options, model loading flags."""
+"""What the commands share: the model-loading and run options, and parsing of devices, method
+options and number lists."""
 from __future__ import annotations
 
 import ast
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import torch
+import typer
 
 from ..errors import PyExplainError
+
+# Options declared once for every command that loads a model (``name: ModelOption = DEFAULT_MODEL``).
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Model name, or package.module:factory.")]
+WeightsOption = Annotated[Optional[Path], typer.Option("--weights", help="State-dict file (weights_only).")]
+RandomWeightsOption = Annotated[bool, typer.Option("--random-weights", help="Random weights (speed work only).")]
+InputSizeOption = Annotated[Optional[int], typer.Option("--input-size", help="Input side length (own models).")]
+MeanOption = Annotated[Optional[str], typer.Option("--mean", help="Normalization mean, e.g. 0.5,0.5,0.5.")]
+StdOption = Annotated[Optional[str], typer.Option("--std", help="Normalization std.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed for torch's RNG.")]
+MethodOptions = Annotated[list[str], typer.Option("--option", "-O", help="Method option KEY=VALUE (repeatable).")]
+LabelsOption = Annotated[Optional[Path], typer.Option("--labels", help="Class names file, one per line.")]
 
 
 def resolve_device(device: str) -> str:
