@@ -3,6 +3,7 @@ a TorchScript explainer written by `pyexplain export` on an image; its map equal
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from pyexplain.models import load_model
 from export_support import TOLERANCE, one_torch_thread  # noqa: F401 (autouse fixture)
 
 SOURCE = Path(__file__).resolve().parent.parent / "export" / "cpp"
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # a 64×64 image; no OpenMP barrier spinning on shared cores
 pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None,
                                 reason="needs cmake and a C++ compiler")
 
@@ -48,7 +50,7 @@ def test_cpp_consumer_equals_eager(explain_binary, tmp_path):
     x = preprocess(picture)
     for target, arguments in ((None, []), (285, ["285"])):
         run = subprocess.run([str(explain_binary), str(explainer), str(tmp_path / "cat.ppm"), str(tmp_path / "map"),
-                              *arguments], capture_output=True, text=True, timeout=120)
+                              *arguments], capture_output=True, text=True, timeout=120, env=ONE_THREAD)
         assert run.returncode == 0, run.stderr
         written = np.load(tmp_path / "map.npy")
         expected = pyexplain.explain(model, x, "gradxinput", target=target).map[0].numpy()
