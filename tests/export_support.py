@@ -177,7 +177,8 @@ def branch_differences(name: str, rows: int, path, session_options=None) -> dict
 
     x = images(name)[:rows]
     session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
-    logits_, gates, pools = (torch.from_numpy(v) for v in session.run(["logits", "gates", "pools"], {"image": x.numpy()}))
+    outputs = session.run(["logits", "gates", "pools"], {"image": x.numpy()})
+    logits_, gates, pools = (torch.from_numpy(v) for v in outputs)
     with torch.no_grad():
         ref_logits, ref_gates, ref_pools = GateProbe(compiled(name, "saliency")).eval()(x)
     return {"gates": (gates != ref_gates).sum(1), "pools": (pools != ref_pools).sum(1),
