@@ -15,7 +15,8 @@ from pyexplain.errors import PyExplainError
 from pyexplain.export import compile_explainer, steps as S
 from pyexplain.export.graph import SUPPORTED
 
-from export_support import TOLERANCE, channel_rules, compiled, images, model, relative_error
+from export_support import (TOLERANCE, channel_rules, compiled, images, model, one_torch_thread,  # noqa: F401
+                            relative_error)
 
 
 @pytest.mark.parametrize("kind,params", [("relu", {}), ("hardtanh", {"low": 0.0, "high": 6.0}),
