@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 import pyexplain  # noqa: E402
-from pyexplain.data.digits import digits_splits, load_digits_cnn, train_digits_cnn  # noqa: E402
+from pyexplain.data.digits import load_digits_cnn  # noqa: E402
+from pyexplain.data.small_models import roar_task  # noqa: E402
 from pyexplain.data.training import Split, accuracy  # noqa: E402
 from pyexplain.evaluation import METRICS, Evaluation, evaluate, load_eval_set  # noqa: E402
 from pyexplain.io import atomic_write  # noqa: E402
@@ -252,9 +253,8 @@ class Report:
     def roar(self) -> str:
         s = self.s
         methods = [m for m in self.methods if not self.s["quick_options"] or m in ROAR_QUICK]
-        train, test = digits_splits(0)
+        train, test, fit = roar_task("digits_cnn", 0, s["roar_epochs"])
         model, _ = load_digits_cnn(0)
-        fit = lambda split: train_digits_cnn(split, seed=0, epochs=s["roar_epochs"])  # noqa: E731
         generator = torch.Generator().manual_seed(0)
         maps = {"random": (torch.rand(len(train), 28, 28, generator=generator), torch.rand(len(test), 28, 28, generator=generator))}
         seconds = {}
