@@ -15,8 +15,8 @@ known pixel (every 8-connected removed region then borders a known one). Then ``
 ``ε ~ N(0, noise²)`` drawn from a generator seeded by ``seed``. Known pixels are never changed. An
 image with every pixel removed has nothing to interpolate: it becomes the noise alone (around 0).
 
-The imputed values are smooth continuations of the surround, so — unlike a constant fill — the
-removal pattern itself is not drawn into the image for a retrained model to read.
+The imputed values are smooth continuations of the surround instead of a constant that outlines
+the removal pattern for a retrained model to read.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ faster drop (lower accuracy) means the map found the pixels the task depends on.
 Removal (``fill``): ``"mean"`` sets the pixels to the training set's per-channel mean (Hooker et
 al.); ``"linear"`` uses the noisy linear imputation of ROAD (:mod:`pyexplain.metrics.imputation`:
 each removed pixel the 1/6–1/12-weighted mean of its 8 neighbours, solved jointly, plus
-``N(0, noise²)``), which does not draw the removal pattern into the image: with a constant fill,
-the pattern alone can reveal the class (Rong et al., ICML 2022).
+``N(0, noise²)``), which paints no constant over the removed pixels: with a constant fill the
+pattern alone can reveal the class (Rong et al., ICML 2022). The imputation reduces that leak but
+need not remove it (``benchmarks/REPORT.md`` measures it on the digits).
 """
 from __future__ import annotations
 
