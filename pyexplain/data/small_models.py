@@ -1,15 +1,20 @@
 """The small models by name (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``) for
-:func:`pyexplain.load_model`: trained and cached on first use, or loaded from a weights file."""
+:func:`pyexplain.load_model`: trained and cached on first use, or loaded from a weights file; and
+their data and training recipe for ROAR (:func:`roar_task`)."""
 from __future__ import annotations
+
+from typing import Callable
 
 from torch import nn
 
+from ..errors import PyExplainError
 from ..models import SMALL_MODELS, Preprocess, _load_weights, load_state_dict_file
-from .digits import PREPROCESS as DIGITS_PREPROCESS, DigitsCNN, load_digits_cnn
+from .digits import EPOCHS as DIGITS_EPOCHS, PREPROCESS as DIGITS_PREPROCESS, DigitsCNN, digits_splits, load_digits_cnn, train_digits_cnn
 from .synthetic import CLASSES, MEAN, SIZE, STD
-from .synthetic_models import ARCHITECTURES, load_synthetic_model
+from .synthetic_models import ARCHITECTURES, load_synthetic_model, synthetic_test_set, synthetic_train_set, train_synthetic_model
+from .training import Split
 
-__all__ = ["SMALL_MODELS", "load_small_model"]
+__all__ = ["SMALL_MODELS", "load_small_model", "roar_task", "check_roar_model"]
 SYNTHETIC_PREPROCESS = Preprocess(SIZE, (MEAN,) * 3, (STD,) * 3, CLASSES)
 
 
@@ -27,3 +32,21 @@ def load_small_model(name: str, weights: str | None = None, random_weights: bool
         return model.eval(), preprocess
     model = load_digits_cnn(seed)[0] if name == "digits_cnn" else load_synthetic_model(name, seed)[0]
     return model, preprocess
+
+
+def roar_task(name: str, seed: int = 0, epochs: int | None = None) -> tuple[Split, Split, Callable[[Split], nn.Module]]:
+    """``(train, test, fit)`` for ROAR on a small model: its own training and test data and its own
+    training recipe (``epochs``: fewer to shorten it), from scratch and seeded by ``seed``."""
+    if name == "digits_cnn":
+        train, test = digits_splits(seed)
+        return train, test, lambda split: train_digits_cnn(split, seed, epochs or DIGITS_EPOCHS)
+    check_roar_model(name)
+    test = synthetic_test_set(seed)
+    return synthetic_train_set(seed), Split(test.x, test.y), lambda split: train_synthetic_model(name, split, seed, epochs)
+
+
+def check_roar_model(name: str) -> None:
+    """One-line error unless ``name`` is a small model that ROAR can retrain."""
+    if name not in SMALL_MODELS:
+        raise PyExplainError(f"metric 'roar' retrains the model from scratch on its own data, so it works for "
+                             f"{', '.join(SMALL_MODELS)} only, not for {name!r}")

@@ -2,6 +2,7 @@
 cIM, ROAR, model-randomization sanity checks, pointing game and relevance mass. All take maps
 ``[N, C, H, W]`` or ``[N, H, W]`` and run batched on the model's device."""
 from .cim import complementary_insertion
+from .imputation import linear_imputation
 from .insertion import deletion, insertion
 from .localization import pointing_game, relevance_mass
 from .pixel_flipping import Curve, lerf, morf, pixel_flipping
@@ -10,5 +11,5 @@ from .sanity import model_randomization, spearman
 
 __all__ = [
     "Curve", "pixel_flipping", "morf", "lerf", "insertion", "deletion", "complementary_insertion",
-    "pointing_game", "relevance_mass", "roar", "remove_top", "model_randomization", "spearman",
+    "pointing_game", "relevance_mass", "roar", "remove_top", "linear_imputation", "model_randomization", "spearman",
 ]
