@@ -1,11 +1,10 @@
-"""Noisy linear imputation (ROAD) and ROAR's linear fill against hand-computed truth."""
+"""Noisy linear imputation (ROAD) and remove_top's linear fill against hand-computed truth (ROAR with either
+fill: tests/test_metrics.py)."""
 import pytest
 import torch
-from torch import nn
 
-from pyexplain.data.training import Split, seeded_init, train_classifier
 from pyexplain.errors import PyExplainError
-from pyexplain.metrics import linear_imputation, remove_top, roar
+from pyexplain.metrics import linear_imputation, remove_top
 
 DIRECT, DIAGONAL = 1 / 6, 1 / 12
 
@@ -79,26 +78,3 @@ def test_remove_top_linear_fill_and_a_fully_removed_image():
         remove_top(x, x, 0.5, "median")
     with pytest.raises(PyExplainError):
         linear_imputation(x, torch.zeros(1, 2, 3, dtype=torch.bool))
-
-
-def test_roar_with_the_linear_fill_on_a_one_pixel_task():
-    # The label is the sign of pixel (0, 0); the other 3 pixels are noise, so imputing it erases the label.
-    g = torch.Generator().manual_seed(0)
-
-    def data(n):
-        y = torch.randint(0, 2, (n,), generator=g)
-        x = torch.randn(n, 1, 2, 2, generator=g) * 0.5
-        x[:, 0, 0, 0] = (2 * y - 1).float() * (1 + torch.rand(n, generator=g))
-        return Split(x, y)
-
-    train, test = data(400), data(200)
-    informative = lambda s: torch.zeros(len(s), 2, 2).index_put_((torch.arange(len(s)), torch.tensor(0), torch.tensor(0)), torch.tensor(1.0))  # noqa: E731
-    random_maps = lambda s: torch.rand(len(s), 2, 2, generator=g)  # noqa: E731
-    fit = lambda split: train_classifier(seeded_init(lambda: nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), 0), split, epochs=30, lr=0.05, seed=0)  # noqa: E731
-    good = roar(train, test, informative(train), informative(test), fit, fractions=[0.0, 0.25], fill="linear")
-    rand = roar(train, test, random_maps(train), random_maps(test), fit, fractions=[0.25], fill="linear")
-    assert good[0.0] > 0.95
-    assert good[0.25] < 0.65
-    assert rand[0.25] > 0.75
-    with pytest.raises(PyExplainError):
-        roar(train, test, informative(train), informative(test), fit, fractions=[0.25], fill="zero")

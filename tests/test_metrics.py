@@ -159,23 +159,38 @@ def test_last_layer_randomization_of_a_linear_model():
     assert list(cascade) == ["1"]
 
 
-def test_remove_top_and_roar_on_a_one_pixel_task():
+def test_remove_top_sets_the_top_pixels_to_the_fill():
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     out = remove_top(x, x, 0.5, torch.tensor([9.0]))
     assert out.tolist() == [[[[1.0, 2.0], [9.0, 9.0]]]]
-    # The label is the sign of pixel 0; the other 3 pixels are noise.
+
+
+@pytest.mark.parametrize("fill", ["mean", "linear"])
+def test_roar_on_a_one_pixel_task(fill):
+    # The label is the sign of pixel (0, 0); the other 3 pixels are noise, so removing it erases the label.
     g = torch.Generator().manual_seed(0)
+
     def data(n):
         y = torch.randint(0, 2, (n,), generator=g)
         x = torch.randn(n, 1, 2, 2, generator=g) * 0.5
         x[:, 0, 0, 0] = (2 * y - 1).float() * (1 + torch.rand(n, generator=g))
         return Split(x, y)
+
+    def informative(split):
+        maps = torch.zeros(len(split), 2, 2)
+        maps[:, 0, 0] = 1.0
+        return maps
+
+    def fit(split):
+        return train_classifier(seeded_init(lambda: nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), 0), split,
+                                epochs=30, lr=0.05, seed=0)
+
     train, test = data(400), data(200)
-    informative = lambda s: torch.zeros(len(s), 2, 2).index_put_((torch.arange(len(s)), torch.tensor(0), torch.tensor(0)), torch.tensor(1.0))
-    random_maps = lambda s: torch.rand(len(s), 2, 2, generator=g)
-    fit = lambda split: train_classifier(seeded_init(lambda: nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), 0), split, epochs=30, lr=0.05, seed=0)
-    good = roar(train, test, informative(train), informative(test), fit, fractions=[0.0, 0.25])
-    rand = roar(train, test, random_maps(train), random_maps(test), fit, fractions=[0.25])
+    random_train, random_test = torch.rand(400, 2, 2, generator=g), torch.rand(200, 2, 2, generator=g)
+    good = roar(train, test, informative(train), informative(test), fit, fractions=[0.0, 0.25], fill=fill)
+    rand = roar(train, test, random_train, random_test, fit, fractions=[0.25], fill=fill)
     assert good[0.0] > 0.95  # nothing removed: the task is learnable
     assert good[0.25] < 0.65  # the one informative pixel removed everywhere: chance
     assert rand[0.25] > 0.75  # a random map removes it from a quarter of the images only
+    with pytest.raises(PyExplainError):
+        roar(train, test, informative(train), informative(test), fit, fractions=[0.25], fill="zero")
