@@ -60,13 +60,15 @@ def format_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def format_roar(results: dict[str, dict[float, float]]) -> str:
-    """Plain-text ROAR table: test accuracy of the retrained model per removed fraction (lower is better)."""
+def format_roar(results: dict[str, dict[float, float]], errors: dict[str, str]) -> str:
+    """Plain-text ROAR table: test accuracy of the retrained model per removed fraction (lower is better),
+    and the methods that could not run."""
     fractions = list(next(iter(results.values())))
     lines = ["ROAR (test accuracy after removing the top fraction and retraining; lower is better)",
              f"{'method':24s}" + "".join(f"{f:>8.0%}" for f in fractions) + f"{'mean':>8s}"]
     lines += [f"{m:24s}" + "".join(f"{acc[f]:8.3f}" for f in fractions) + f"{sum(acc.values()) / len(acc):8.3f}"
               for m, acc in results.items()]
+    lines += [f"{method:24s}not run: {reason}" for method, reason in errors.items()]
     return "\n".join(lines)
 
 
@@ -167,9 +169,10 @@ def evaluate_command(
     print(format_table(result))
     roar_results = None
     if with_roar:
-        roar_results, _ = evaluate_roar(net, model, list(result.values), options=per_method, fractions=fractions,
-                                        fill=roar_fill, epochs=roar_epochs, seed=seed, batch_size=batch_size)
-        print(format_roar(roar_results))
+        roar_results, roar_errors = evaluate_roar(net, model, list(result.values), options=per_method,
+                                                  fractions=fractions, fill=roar_fill, epochs=roar_epochs, seed=seed,
+                                                  batch_size=batch_size)
+        print(format_roar(roar_results, roar_errors))
     settings = {"model": model, "images_source": images, "methods": method_names, "metrics": metric_names,
                 "flip_steps": flip_steps, "insertion_step": insertion_step, "seed": seed, "options": per_method}
     if with_roar:
