@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pyexplain.cli import main
 from pyexplain.dataset import runner
 from pyexplain.dataset.execution import BackoffBatcher, fitting_batch_size, measured_batch_size
 from pyexplain.errors import PyExplainError
@@ -22,6 +21,7 @@ from pyexplain.errors import PyExplainError
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
+from cli_support import exit_code  # noqa: E402
 from dataset_models import tiny_cnn  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -66,12 +66,8 @@ def make_folder(root: Path, good: int = 4) -> dict[str, str]:
     return kinds
 
 
-def run_cli(args: list[str]) -> int:
-    try:
-        main(["explain-dataset", *[str(a) for a in args]])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+def run_dataset_cli(args: list) -> int:
+    return exit_code(["explain-dataset", *args])
 
 
 def manifest(out: Path) -> list[dict]:
@@ -97,7 +93,7 @@ def reference_gradxinput(path: Path) -> tuple[np.ndarray, int, float]:
 def test_bad_files_are_reported_and_good_ones_complete(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     kinds = make_folder(src, good=5)
-    assert run_cli([src, "--out", out, "--png", "--batch-size", "3", *TINY]) == 0
+    assert run_dataset_cli([src, "--out", out, "--png", "--batch-size", "3", *TINY]) == 0
     records = {r["source"]: r for r in manifest(out)}
     assert sorted(records) == sorted(kinds)
     for key, kind in kinds.items():
@@ -123,18 +119,18 @@ def test_bad_files_are_reported_and_good_ones_complete(tmp_path):
 def test_rerun_skips_finished_images_and_refuses_other_settings(tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"
     make_folder(src, good=4)
-    assert run_cli([src, "--out", out, "--batch-size", "2", *TINY]) == 0
+    assert run_dataset_cli([src, "--out", out, "--batch-size", "2", *TINY]) == 0
     first = manifest(out)
     stamps = {p: p.stat().st_mtime_ns for p in (out / "maps").rglob("*.npy")}
     summary = tmp_path / "summary.json"
-    assert run_cli([src, "--out", out, "--batch-size", "2", "--summary", summary, *TINY]) == 0
+    assert run_dataset_cli([src, "--out", out, "--batch-size", "2", "--summary", summary, *TINY]) == 0
     assert json.loads(summary.read_text())["explained"] == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "maps").rglob("*.npy")} == stamps
     assert manifest(out) == first
 
     changed = src / "sub" / "img01.jpg"  # new bytes: only this image is explained again
     Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(changed)
-    assert run_cli([src, "--out", out, "--batch-size", "2", "--summary", summary, *TINY]) == 0
+    assert run_dataset_cli([src, "--out", out, "--batch-size", "2", "--summary", summary, *TINY]) == 0
     assert json.loads(summary.read_text())["explained"] == 1
     new = {r["source"]: r for r in manifest(out)}
     assert new["sub/img01.jpg"]["sha256"] != {r["source"]: r for r in first}["sub/img01.jpg"]["sha256"]
@@ -143,25 +139,25 @@ def test_rerun_skips_finished_images_and_refuses_other_settings(tmp_path, capsys
     capsys.readouterr()
     for other in (["--method", "saliency"], ["-O", "absolute=False", "--method", "saliency"], ["--precision", "bfloat16"],
                   ["--target", "3"]):
-        assert run_cli([src, "--out", out, *TINY, *other]) == 2
+        assert run_dataset_cli([src, "--out", out, *TINY, *other]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and "--overwrite" in err and err.count("\n") == 1
     assert manifest(out) == [r for r in manifest(out) if r["method"] == "gradxinput"]
-    assert run_cli([src, "--out", out, "--method", "saliency", "--overwrite", *TINY]) == 0
+    assert run_dataset_cli([src, "--out", out, "--method", "saliency", "--overwrite", *TINY]) == 0
     assert {r["method"] for r in manifest(out)} == {"saliency"}
     assert len(list((out / ".pyexplain").glob("journal-*"))) == 1
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    assert run_cli([src, "--out", foreign, "--overwrite", *TINY]) == 2
+    assert run_dataset_cli([src, "--out", foreign, "--overwrite", *TINY]) == 2
     assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
 
 
 def test_torn_journal_stray_temporaries_and_missing_output_are_repaired(tmp_path, one_thread):
     src, out = tmp_path / "src", tmp_path / "out"
     make_folder(src, good=4)
-    assert run_cli([src, "--out", out, "--batch-size", "2", *TINY]) == 0
+    assert run_dataset_cli([src, "--out", out, "--batch-size", "2", *TINY]) == 0
     complete = outputs(out)
     journal = out / ".pyexplain" / "journal-0.jsonl"
     with open(journal, "ab") as handle:
@@ -169,7 +165,7 @@ def test_torn_journal_stray_temporaries_and_missing_output_are_repaired(tmp_path
     (out / "maps" / ".img00.png.npy.x1y2.tmp").write_bytes(b"\x93NUMPY half")  # atomic_write's temporary
     (out / "maps" / "sub" / "img03.jpg.npy").unlink()
     summary = tmp_path / "summary.json"
-    assert run_cli([src, "--out", out, "--batch-size", "2", "--summary", summary, *TINY]) == 0
+    assert run_dataset_cli([src, "--out", out, "--batch-size", "2", "--summary", summary, *TINY]) == 0
     assert json.loads(summary.read_text())["explained"] == 1
     assert outputs(out) == complete
     lines = journal.read_bytes().split(b"\n")
@@ -214,12 +210,12 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, one_thread
     stamps = {key: (killed / "maps" / f"{key}.npy").stat().st_mtime_ns for key in finished}
 
     summary = tmp_path / "summary.json"
-    assert run_cli([src, "--out", killed, "--summary", summary, *args]) == 0
+    assert run_dataset_cli([src, "--out", killed, "--summary", summary, *args]) == 0
     assert json.loads(summary.read_text())["already_complete"] == len(finished)
     assert {key: (killed / "maps" / f"{key}.npy").stat().st_mtime_ns for key in finished} == stamps  # kept, not redone
     assert not list(killed.rglob("*.tmp"))
     reference = tmp_path / "reference"
-    assert run_cli([src, "--out", reference, *args]) == 0
+    assert run_dataset_cli([src, "--out", reference, *args]) == 0
     assert outputs(killed) == outputs(reference)
     assert len(manifest(reference)) == len(kinds)
 
@@ -239,7 +235,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, one_thread):
     for journal in (two / ".pyexplain").glob("journal-*"):
         assert journal.read_text().strip(), "each rank did part of the work"
     one = tmp_path / "one"
-    assert run_cli([src, "--out", one, *args]) == 0
+    assert run_dataset_cli([src, "--out", one, *args]) == 0
     assert len(manifest(one)) == len(kinds)
     assert outputs(two) == outputs(one)  # maps, PNGs and manifest, byte for byte
 
@@ -249,9 +245,9 @@ def test_out_of_memory_backs_off_to_a_batch_that_fits(tmp_path):
     make_folder(src, good=7)
     summary = tmp_path / "summary.json"
     common = ["--input-size", "32", "--no-progress", "--batch-size", "8"]
-    assert run_cli([src, "--out", tmp_path / "oom", "--model", "dataset_models:oom_above_3", "--summary", summary, *common]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "oom", "--model", "dataset_models:oom_above_3", "--summary", summary, *common]) == 0
     assert json.loads(summary.read_text())["micro_batch"] == [2]  # 8 → 4 → 2 rows per step
-    assert run_cli([src, "--out", tmp_path / "plain", "--model", "dataset_models:tiny_cnn", *common]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "plain", "--model", "dataset_models:tiny_cnn", *common]) == 0
     for path in (tmp_path / "plain" / "maps").rglob("*.npy"):
         np.testing.assert_allclose(np.load(tmp_path / "oom" / path.relative_to(tmp_path / "plain")), np.load(path),
                                    rtol=1e-5, atol=1e-7)
@@ -336,27 +332,27 @@ def test_batch_size_is_measured_when_memory_is_measurable_else_the_cpu_default(t
     src = tmp_path / "src"
     kinds = make_folder(src, good=7)  # 11 files, 4 of them unreadable
     summary = tmp_path / "summary.json"
-    assert run_cli([src, "--out", tmp_path / "cpu", "--summary", summary, *TINY]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "cpu", "--summary", summary, *TINY]) == 0
     assert json.loads(summary.read_text())["batch_size"] == 8  # CPU: the default, no probe
 
     monkeypatch.setattr(runner, "measures_memory", lambda device: True)  # the CUDA path, memory faked
     fake = FakeCudaMemory(monkeypatch, allocated=0, peak=2 * MIB, free=5 * MIB)  # ⌊0.8 · 5 · 2 / 2⌋ = 4
-    assert run_cli([src, "--out", tmp_path / "auto", "--summary", summary, *TINY]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "auto", "--summary", summary, *TINY]) == 0
     result = json.loads(summary.read_text())
     assert result["batch_size"] == 4 and result["micro_batch"] == [4] and "2-image probe" in result["batch_choice"]
     assert fake.log.count("reset_peak_memory_stats") == 1 and fake.log.count("mem_get_info") == 1
-    assert run_cli([src, "--out", tmp_path / "given", "--batch-size", "4", *TINY]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "given", "--batch-size", "4", *TINY]) == 0
     assert outputs(tmp_path / "auto") == outputs(tmp_path / "given")  # the probe leaves no trace in the maps
 
     FakeCudaMemory(monkeypatch, allocated=0, peak=MIB, free=10**6 * MIB)
-    assert run_cli([src, "--out", tmp_path / "capped", "--summary", summary, *TINY]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "capped", "--summary", summary, *TINY]) == 0
     assert json.loads(summary.read_text())["batch_size"] == len(kinds)  # capped by the number of images
 
 
 def test_tf32_is_refused_on_the_cpu(tmp_path, capsys):
     src = tmp_path / "src"
     make_folder(src, good=2)
-    assert run_cli([src, "--out", tmp_path / "out", "--precision", "tf32", "--device", "cpu", *TINY]) == 2
+    assert run_dataset_cli([src, "--out", tmp_path / "out", "--precision", "tf32", "--device", "cpu", *TINY]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "CUDA" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -371,7 +367,7 @@ def test_list_file_mirrors_entries_and_reports_missing_ones(tmp_path):
     listing = images / "list.txt"
     listing.write_text(f"# images\nimg00.png\n\nsub/img01.jpg\n./img02.png\n{elsewhere}\nmissing.png\n")
     out = images / "out"  # inside SRC's folder: never taken as a source
-    assert run_cli([listing, "--out", out, *TINY]) == 0
+    assert run_dataset_cli([listing, "--out", out, *TINY]) == 0
     records = {r["source"]: r for r in manifest(out)}
     absolute_key = elsewhere.as_posix().lstrip("/")
     assert sorted(records) == sorted(["img00.png", "sub/img01.jpg", "img02.png", absolute_key, "missing.png"])
@@ -379,8 +375,8 @@ def test_list_file_mirrors_entries_and_reports_missing_ones(tmp_path):
     assert (out / "maps" / f"{absolute_key}.npy").is_file() and (out / "maps/sub/img01.jpg.npy").is_file()
 
     folder_out = tmp_path / "data" / "out2"
-    assert run_cli([images, "--out", folder_out, *TINY]) == 0
-    assert run_cli([images, "--out", folder_out, *TINY]) == 0
+    assert run_dataset_cli([images, "--out", folder_out, *TINY]) == 0
+    assert run_dataset_cli([images, "--out", folder_out, *TINY]) == 0
     sources = [r["source"] for r in manifest(folder_out)]
     assert "list.txt" in sources and not any(s.startswith("out") for s in sources)  # no run's outputs
 
@@ -390,8 +386,8 @@ def test_bfloat16_changes_maps_slightly_and_is_a_different_run(tmp_path):
 
     src = tmp_path / "src"
     make_folder(src, good=4)
-    assert run_cli([src, "--out", tmp_path / "f32", *TINY]) == 0
-    assert run_cli([src, "--out", tmp_path / "bf16", "--precision", "bfloat16", *TINY]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "f32", *TINY]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "bf16", "--precision", "bfloat16", *TINY]) == 0
     f32, bf16 = manifest(tmp_path / "f32"), manifest(tmp_path / "bf16")
     assert f32[0]["config"] != bf16[0]["config"] and {r["precision"] for r in bf16} == {"bfloat16"}
     for a, b in zip(f32, bf16):
@@ -408,9 +404,9 @@ def test_cuda_run_matches_cpu_and_reduced_precision_stays_rank_correlated(tmp_pa
 
     src = tmp_path / "src"
     make_folder(src, good=4)
-    assert run_cli([src, "--out", tmp_path / "cpu", "--device", "cpu", *TINY]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "cpu", "--device", "cpu", *TINY]) == 0
     for name, extra in (("cuda", []), ("tf32", ["--precision", "tf32"]), ("bf16", ["--precision", "bfloat16", "--channels-last"])):
-        assert run_cli([src, "--out", tmp_path / name, "--device", "cuda", *TINY, *extra]) == 0
+        assert run_dataset_cli([src, "--out", tmp_path / name, "--device", "cuda", *TINY, *extra]) == 0
         for path in (tmp_path / "cpu" / "maps").rglob("*.npy"):
             expected, got = np.load(path), np.load(tmp_path / name / path.relative_to(tmp_path / "cpu"))
             if name == "cuda":
@@ -425,7 +421,7 @@ def test_cuda_batch_size_is_measured_and_fits(tmp_path):
     src = tmp_path / "src"
     make_folder(src, good=6)
     summary = tmp_path / "summary.json"
-    assert run_cli([src, "--out", tmp_path / "cuda", "--device", "cuda", "--summary", summary, *TINY]) == 0
+    assert run_dataset_cli([src, "--out", tmp_path / "cuda", "--device", "cuda", "--summary", summary, *TINY]) == 0
     result = json.loads(summary.read_text())
     assert "probe" in result["batch_choice"] and 1 <= result["batch_size"] <= 10
     assert result["micro_batch"] == [result["batch_size"]]  # no out-of-memory back-off was needed

@@ -5,22 +5,13 @@ import json
 import pytest
 from PIL import Image
 
-from pyexplain.cli import main
+from cli_support import run_cli
 
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_evaluate_writes_table_csv_json_plots_and_html(tmp_path, capsys):
     out = tmp_path / "eval"
-    code, stdout, _ = run(["evaluate", "--model", "digits_cnn", "--methods", "gradxinput,saliency", "--limit", "3",
+    code, stdout, _ = run_cli(["evaluate", "--model", "digits_cnn", "--methods", "gradxinput,saliency", "--limit", "3",
                            "--metrics", "morf,lerf,deletion,sanity", "--insertion-step", "16", "--out", str(out)], capsys)
     assert code == 0
     assert "gradxinput" in stdout and "morf ↓" in stdout
@@ -39,7 +30,7 @@ def test_evaluate_writes_table_csv_json_plots_and_html(tmp_path, capsys):
 
 
 def test_evaluate_localization_and_cim_on_two_class_images(tmp_path, capsys):
-    code, stdout, _ = run(["evaluate", "--model", "synthetic_resnet", "--methods", "gradcam", "--images", "builtin:two_class",
+    code, stdout, _ = run_cli(["evaluate", "--model", "synthetic_resnet", "--methods", "gradcam", "--images", "builtin:two_class",
                            "--limit", "2", "--metrics", "pointing,mass,cim", "--insertion-step", "32", "--out", str(tmp_path)], capsys)
     assert code == 0, stdout
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]["gradcam"]
@@ -60,29 +51,29 @@ def test_evaluate_localization_and_cim_on_two_class_images(tmp_path, capsys):
 ])
 def test_evaluate_bad_input_is_one_line(tmp_path, capsys, argv, message):
     out = tmp_path / "eval"
-    code, _, err = run(["evaluate", "--model", "digits_cnn", "--limit", "2", "--out", str(out)] + argv, capsys)
+    code, _, err = run_cli(["evaluate", "--model", "digits_cnn", "--limit", "2", "--out", str(out)] + argv, capsys)
     assert code == 2 and message in err and err.count("\n") == 1
     assert not out.exists()
 
 
 def test_compare_writes_one_figure(tmp_path, capsys):
     out = tmp_path / "cmp.png"
-    code, stdout, _ = run(["compare", "test:0", "--model", "digits_cnn", "--methods", "gradxinput,gradcam,saliency",
+    code, stdout, _ = run_cli(["compare", "test:0", "--model", "digits_cnn", "--methods", "gradxinput,gradcam,saliency",
                            "--out", str(out)], capsys)
     assert code == 0 and Image.open(out).size[0] > Image.open(out).size[1]  # one row of panels
-    code, _, err = run(["compare", "test:x", "--model", "digits_cnn", "--out", str(tmp_path / "b.png")], capsys)
+    code, _, err = run_cli(["compare", "test:x", "--model", "digits_cnn", "--out", str(tmp_path / "b.png")], capsys)
     assert code == 2 and "test:N" in err
 
 
 def test_data_and_train_commands(tmp_path, capsys):
-    code, _, _ = run(["data", "synthetic_two_class", "--n", "2", "--out", str(tmp_path)], capsys)
+    code, _, _ = run_cli(["data", "synthetic_two_class", "--n", "2", "--out", str(tmp_path)], capsys)
     assert code == 0
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert len(labels) == 2 and all(len(r["labels"]) == 2 for r in labels)
     assert Image.open(tmp_path / "synthetic_two_class_0_region.png").size == (32, 32)
-    code, stdout, _ = run(["train", "digits_cnn"], capsys)
+    code, stdout, _ = run_cli(["train", "digits_cnn"], capsys)
     assert code == 0 and "test accuracy 0.9" in stdout
-    code, _, err = run(["data", "imagenet", "--out", str(tmp_path)], capsys)
+    code, _, err = run_cli(["data", "imagenet", "--out", str(tmp_path)], capsys)
     assert code == 2 and "unknown dataset" in err
 
 
@@ -90,7 +81,7 @@ def test_evaluate_roar_retrains_the_digits_cnn(tmp_path, capsys):
     from pyexplain.data.digits import digits_splits, train_digits_cnn
     from pyexplain.data.training import accuracy
 
-    code, stdout, _ = run(["evaluate", "--model", "digits_cnn", "--methods", "gradxinput", "--limit", "2", "--metrics",
+    code, stdout, _ = run_cli(["evaluate", "--model", "digits_cnn", "--methods", "gradxinput", "--limit", "2", "--metrics",
                            "roar", "--roar-fractions", "0,0.5", "--roar-epochs", "1", "--out", str(tmp_path)], capsys)
     assert code == 0 and "ROAR" in stdout
     rows = list(csv.DictReader(open(tmp_path / "roar.csv")))
@@ -107,6 +98,6 @@ def test_evaluate_roar_retrains_the_digits_cnn(tmp_path, capsys):
 
 
 def test_evaluate_roar_refuses_models_it_cannot_retrain(tmp_path, capsys):
-    code, _, err = run(["evaluate", "--model", "efficientnet_lite0", "--metrics", "roar", "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run_cli(["evaluate", "--model", "efficientnet_lite0", "--metrics", "roar", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "works for digits_cnn, synthetic_vgg, synthetic_resnet only" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()

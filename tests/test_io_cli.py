@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from pyexplain import PyExplainError
-from pyexplain.cli import main
 from pyexplain.io import atomic_write, load_image
 from pyexplain.visualize import diverging_colors
+
+from cli_support import run_cli
 
 
 @pytest.fixture()
@@ -79,16 +80,6 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_diverging_colors():
     colors = diverging_colors(np.array([1.0, -1.0, 0.0, 0.5]))
     assert colors.tolist() == [[255, 0, 0], [0, 0, 255], [255, 255, 255], [255, 128, 128]]
-
-
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_explain_writes_png_and_npy(tmp_path, photo, capsys):

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyexplain
-from pyexplain.cli import main
 from pyexplain.core.targets import Targets, target_scores
 from pyexplain.errors import PyExplainError
 from pyexplain.methods._lpr import (LossConfig, RuleGraph, _Conv2dInputGrad, initial_weights, reference_activations,
@@ -24,6 +23,7 @@ from pyexplain.methods._lpr_rules import fit_rules, load_rules, save_rules
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent / "benchmarks"))
+from cli_support import run_cli  # noqa: E402
 from lpr_models import other_tiny, tiny  # noqa: E402
 from lpr_naive import lpr_naive  # noqa: E402
 
@@ -308,22 +308,13 @@ def test_rules_errors(tmp_path, images64):
         load_rules(junk)
 
 
-def _cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 def test_cli_fit_rules_then_explain_with_rules(tmp_path, capsys):
     common = ["--model", "lpr_models:tiny", "--input-size", "16", "--device", "cpu"]
     rules_path = tmp_path / "rules.pt"
-    code, err = _cli(["fit-rules", "builtin:chelsea", "builtin:coffee", "--out", rules_path, "--iterations", "3", *common], capsys)
+    code, _, err = run_cli(["fit-rules", "builtin:chelsea", "builtin:coffee", "--out", rules_path, "--iterations", "3", *common], capsys)
     assert code == 0 and "3 channel rules for lpr_models:tiny over 2 images" in err
     out = tmp_path / "out"
-    code, _ = _cli(["explain", "builtin:astronaut", "--method", "lpr", "--rules", rules_path, "--out", out, *common], capsys)
+    code, _, _ = run_cli(["explain", "builtin:astronaut", "--method", "lpr", "--rules", rules_path, "--out", out, *common], capsys)
     assert code == 0
     model, preprocess = pyexplain.load_model("lpr_models:tiny", input_size=16)
     from pyexplain.io import builtin_image
@@ -335,6 +326,6 @@ def test_cli_fit_rules_then_explain_with_rules(tmp_path, capsys):
         (["--method", "lpr", "--rules", rules_path, "--model", "lpr_models:other_tiny"], "was fitted on model"),
         (["--method", "lpr", "--rules", tmp_path / "missing.pt"], "does not exist"),
     ]:
-        code, err = _cli(["explain", "builtin:astronaut", "--out", tmp_path / "bad", "--input-size", "16", *args], capsys)
+        code, _, err = run_cli(["explain", "builtin:astronaut", "--out", tmp_path / "bad", "--input-size", "16", *args], capsys)
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "bad").exists()
