@@ -9,6 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
+from model_support import randomize_batchnorm
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,12 +54,8 @@ def small_net(seed: int = 0, dtype: torch.dtype = torch.float64) -> SmallNet:
     """A :class:`SmallNet` with non-trivial BN statistics; its ReLU6 saturates on ``small_input``."""
     torch.manual_seed(seed)
     net = SmallNet()
+    randomize_batchnorm((net.bn1, net.bn2), mean=(-1, 1), var=(0.5, 2), weight=(0.5, 2), bias=(-0.5, 0.5))
     with torch.no_grad():
-        for bn in (net.bn1, net.bn2):
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.5, 2)
-            bn.weight.uniform_(0.5, 2)
-            bn.bias.uniform_(-0.5, 0.5)
         net.bn2.weight.mul_(6)  # pushes part of the ReLU6 inputs above 6
     return net.to(dtype).eval()
 

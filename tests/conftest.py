@@ -7,6 +7,8 @@ import torch
 import pyexplain
 from pyexplain.io import builtin_image
 
+from model_support import randomize_batchnorm
+
 
 @pytest.fixture(scope="session")
 def lite0():
@@ -25,13 +27,8 @@ def resnet18():
     """torchvision ResNet-18 with seeded random weights and non-trivial BN statistics, eval mode."""
     torch.manual_seed(0)
     model, _ = pyexplain.load_model("resnet18", random_weights=True)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
+    randomize_batchnorm((m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)),
+                        mean=(-0.1, 0.1), var=(0.5, 1.5), weight=(0.5, 1.5), bias=(-0.1, 0.1))
     return model
 
 

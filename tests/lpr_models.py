@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_support import randomize_batchnorm
+
 
 class TinyResidualNet(nn.Module):
     """Convolution, BN, one in-place ReLU module reused three times (trunk, residual, head), a grouped
@@ -36,12 +38,7 @@ def tiny(seed: int = 0) -> TinyResidualNet:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = TinyResidualNet()
-        with torch.no_grad():
-            for bn in (model.bn1, model.bn2):
-                bn.running_mean.uniform_(-0.2, 0.2)
-                bn.running_var.uniform_(0.5, 1.5)
-                bn.weight.uniform_(0.5, 1.5)
-                bn.bias.uniform_(-0.2, 0.2)
+        randomize_batchnorm((model.bn1, model.bn2), mean=(-0.2, 0.2), var=(0.5, 1.5), weight=(0.5, 1.5), bias=(-0.2, 0.2))
     return model.eval()
 
 
