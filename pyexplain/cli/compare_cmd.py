@@ -15,7 +15,8 @@ from ..models import DEFAULT_MODEL, SMALL_MODELS, load_model
 from ..plots import compare_figure
 from . import app
 from .evaluate_cmd import parse_methods, parse_per_method_options
-from .options import resolve_device
+from .options import (
+    DeviceOption, ModelOption, PerMethodOptions, SeedOption, WeightsOption, resolve_device)
 
 
 def load_one(source: str, model: str, preprocess) -> torch.Tensor:
@@ -36,14 +37,14 @@ def load_one(source: str, model: str, preprocess) -> torch.Tensor:
 @app.command("compare")
 def compare_command(
     image: str = typer.Argument(..., help="Image file, builtin:NAME (skimage photo) or test:N (small models)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name."),
+    model: ModelOption = DEFAULT_MODEL,
     methods: str = typer.Option("all", "--methods", help="Comma-separated methods, or 'all'."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Class index or name (default: top-1)."),
     out: Path = typer.Option(Path("compare.png"), "--out", "-o", help="Output PNG."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="State-dict file (weights_only)."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Method option METHOD.KEY=VALUE (repeatable)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for torch's RNG."),
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    option: PerMethodOptions = [],
+    seed: SeedOption = 0,
 ) -> None:
     """Write one figure: the image, then each method's map (red = for the target, blue = against)."""
     names = parse_methods(methods)

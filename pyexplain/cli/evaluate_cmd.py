@@ -20,7 +20,8 @@ from ..models import DEFAULT_MODEL, load_model
 from ..plots import curve_plot
 from ..registry import get_method, list_methods
 from . import app
-from .options import parse_method_options, resolve_device
+from .options import (
+    DeviceOption, PerMethodOptions, WeightsOption, parse_method_options, resolve_device)
 
 DEFAULT_METRICS = "morf,lerf,insertion,deletion"
 
@@ -127,9 +128,9 @@ def evaluate_command(
     metrics: str = typer.Option(DEFAULT_METRICS, "--metrics", help=f"Comma-separated, from: {', '.join(METRICS)}."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most this many images (builtin small-model sets: 32)."),
     out: Path = typer.Option(Path("pyexplain-eval"), "--out", "-o", help="Output directory."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="State-dict file (weights_only)."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Method option METHOD.KEY=VALUE (repeatable)."),
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    option: PerMethodOptions = [],
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per forward pass."),
     flip_steps: int = typer.Option(20, "--flip-steps", help="MoRF/LeRF steps up to 5% of the image."),
     insertion_step: Optional[int] = typer.Option(None, "--insertion-step", help="Pixels per insertion/deletion step (default: 224 at 224x224, scaled)."),

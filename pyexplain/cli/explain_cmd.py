@@ -20,8 +20,9 @@ from ..registry import get_method
 from ..visualize import overlay
 from . import app
 from .options import (
-    InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption, RandomWeightsOption, SeedOption,
-    StdOption, WeightsOption, parse_floats, parse_method_options, resolve_device)
+    DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption,
+    RandomWeightsOption, SeedOption, StdOption, WeightsOption, parse_floats, parse_method_options,
+    resolve_device)
 
 
 def lpr_rules_for(method: str, path: Path, model: str) -> dict:
@@ -54,7 +55,7 @@ def explain_command(
     method: str = typer.Option("gradxinput", "--method", help="Attribution method (see `pyexplain methods`)."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Class index or name (default: top-1)."),
     out: Path = typer.Option(Path("pyexplain-out"), "--out", "-o", help="Output directory."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: DeviceOption = "auto",
     as_json: bool = typer.Option(False, "--json", help="Print predictions, target and written paths as JSON."),
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,

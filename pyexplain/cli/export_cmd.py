@@ -10,21 +10,22 @@ import typer
 from ..api import _input_channels as input_channels
 from ..models import DEFAULT_MODEL, load_model
 from . import app
-from .options import parse_method_options
+from .options import (
+    MethodOptions, ModelOption, RandomWeightsOption, WeightsOption, parse_method_options)
 
 
 @app.command("export")
 def export_command(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name, or package.module:factory."),
+    model: ModelOption = DEFAULT_MODEL,
     method: str = typer.Option("gradxinput", "--method", help="saliency, gradxinput, guided_backprop, deconvnet, "
                                                              "gradcam, guided_gradcam or lpr (needs --rules)."),
     fmt: str = typer.Option(..., "--format", "-f", help="onnx, pt2 (torch.export) or torchscript."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file."),
     rules: Optional[Path] = typer.Option(None, "--rules", help="LPR channel rules file (from `pyexplain fit-rules`)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="State-dict file (weights_only)."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Random weights (speed work only)."),
+    weights: WeightsOption = None,
+    random_weights: RandomWeightsOption = False,
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side length (default: the model's)."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    option: MethodOptions = [],
 ) -> None:
     """Compile the model and a fixed-rule method into one forward-only graph (logits and attribution,
     no autograd) and write it. Inputs: image [B,C,H,W] (normalized), target int64 [B] (-1 = top-1)."""

@@ -16,8 +16,8 @@ from ..methods._lpr_rules import fit_rules, rule_summary, save_rules
 from ..models import DEFAULT_MODEL
 from . import app
 from .options import (
-    InputSizeOption, MeanOption, ModelOption, RandomWeightsOption, SeedOption, StdOption, WeightsOption,
-    parse_floats, parse_method_options, resolve_device)
+    DeviceOption, InputSizeOption, MeanOption, ModelOption, RandomWeightsOption, SeedOption, StdOption,
+    WeightsOption, parse_floats, parse_method_options, resolve_device)
 
 #: ``-O`` keys accepted by fit-rules (the per-image LPR options that make sense for shared channel rules).
 _LOSS_KEYS = ("gamma", "alpha", "beta", "lam", "mask", "smooth_sigma", "normalize")
@@ -33,7 +33,7 @@ def fit_rules_command(
     lr: float = typer.Option(0.2, "--lr", help="Adam learning rate."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per chunk (more images: chunks are recomputed each step)."),
     option: list[str] = typer.Option([], "--option", "-O", help=f"LPR option KEY=VALUE: {', '.join(_LOSS_KEYS + _RULE_KEYS)}."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: DeviceOption = "auto",
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
     input_size: InputSizeOption = None,

@@ -19,7 +19,9 @@ InputSizeOption = Annotated[Optional[int], typer.Option("--input-size", help="In
 MeanOption = Annotated[Optional[str], typer.Option("--mean", help="Normalization mean, e.g. 0.5,0.5,0.5.")]
 StdOption = Annotated[Optional[str], typer.Option("--std", help="Normalization std.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for torch's RNG.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 MethodOptions = Annotated[list[str], typer.Option("--option", "-O", help="Method option KEY=VALUE (repeatable).")]
+PerMethodOptions = Annotated[list[str], typer.Option("--option", "-O", help="Method option METHOD.KEY=VALUE (repeatable).")]
 LabelsOption = Annotated[Optional[Path], typer.Option("--labels", help="Class names file, one per line.")]
 
 
