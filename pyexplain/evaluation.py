@@ -27,7 +27,7 @@ from .metrics import (
     complementary_insertion, deletion, insertion, model_randomization, pixel_flipping, pointing_game, relevance_mass, roar,
 )
 from .metrics.pixel_flipping import DEFAULT_MAX_FRACTION, DEFAULT_STEPS
-from .metrics.roar import DEFAULT_FRACTIONS, FILLS
+from .metrics.roar import DEFAULT_FRACTIONS, check_fill
 from .models import SMALL_MODELS, Preprocess
 
 #: Metric name → (what it needs, higher is better). ``roar`` is per method, not per image: it is run
@@ -216,8 +216,7 @@ def evaluate_roar(
     {method: reason it could not run})``; the row ``random`` ranks pixels at random (seeded)."""
     from .data.small_models import roar_task
 
-    if fill not in FILLS:
-        raise PyExplainError(f"--roar-fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    check_fill(fill)  # before the maps of the whole data set are computed
     train, test, fit = roar_task(model_name, seed, epochs)
     generator = torch.Generator().manual_seed(seed)
     size = train.x.shape[-2:]

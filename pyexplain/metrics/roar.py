@@ -29,6 +29,12 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 FILLS = ("mean", "linear")
 
 
+def check_fill(fill: str) -> None:
+    """One-line error unless ``fill`` is one of :data:`FILLS`."""
+    if fill not in FILLS:
+        raise PyExplainError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+
+
 def top_mask(x: Tensor, attribution: Tensor, fraction: float) -> Tensor:
     """``[N, H, W]`` bool: the top ``round(fraction·H·W)`` pixels of each map (ties in raster order)."""
     if not 0 <= fraction <= 1:
@@ -59,8 +65,7 @@ def roar(
     """``{fraction: test accuracy}`` of models ``fit`` (a fresh model trained from scratch on the
     given split) on data with the top fraction of each map removed by ``fill`` (``"mean"`` or
     ``"linear"``; the linear fill's noise is seeded by ``seed`` for training, ``seed + 1`` for test)."""
-    if fill not in FILLS:
-        raise PyExplainError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    check_fill(fill)
     value: Tensor | str = train.x.mean(dim=(0, 2, 3)) if fill == "mean" else "linear"
     results = {}
     for fraction in fractions:
