@@ -10,15 +10,15 @@ from typing import Optional
 
 import typer
 
-from ..dataset import Job, ModelSpec, run_dataset
+from ..dataset import Job, run_dataset
 from ..dataset.config import PRECISIONS
 from ..dataset.distributed import env_world
 from ..io import atomic_write
-from ..models import DEFAULT_MODEL, read_labels
+from ..models import DEFAULT_MODEL
 from . import app
 from .options import (
     InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption, RandomWeightsOption, SeedOption,
-    StdOption, WeightsOption, parse_floats, parse_method_options, resolve_device)
+    StdOption, WeightsOption, model_spec, parse_method_options, resolve_device)
 
 
 @app.command("explain-dataset")
@@ -49,9 +49,7 @@ def explain_dataset_command(
     skips finished images; under torchrun the images are shared among the ranks."""
     job = Job(
         src=src, out=out, method=method, options=parse_method_options(option), target=target,
-        model=ModelSpec(model, str(weights) if weights else None, random_weights, input_size,
-                        parse_floats(mean, "--mean"), parse_floats(std, "--std"),
-                        read_labels(labels) if labels else None),
+        model=model_spec(model, weights, random_weights, input_size, mean, std, labels),
         device=resolve_device(device), batch_size=batch_size, precision=precision, channels_last=channels_last,
         png=png, overwrite=overwrite, seed=seed, progress=progress,
     )

@@ -15,13 +15,13 @@ from .. import explain as run_explain
 from ..errors import PyExplainError
 from ..io import open_image, save_npy, save_png
 from ..methods._lpr_rules import load_rules
-from ..models import DEFAULT_MODEL, load_model, read_labels
+from ..models import DEFAULT_MODEL
 from ..registry import get_method
 from ..visualize import overlay
 from . import app
 from .options import (
     DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption,
-    RandomWeightsOption, SeedOption, StdOption, WeightsOption, parse_floats, parse_method_options,
+    RandomWeightsOption, SeedOption, StdOption, WeightsOption, model_spec, parse_method_options,
     resolve_device)
 
 
@@ -74,11 +74,8 @@ def explain_command(
     if rules is not None:
         options["rules"] = lpr_rules_for(method, rules, model)
     torch.manual_seed(seed)
-    net, preprocess = load_model(
-        model, weights, resolve_device(device), random_weights=random_weights, input_size=input_size,
-        mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
-        labels=read_labels(labels) if labels else None,
-    )
+    net, preprocess = model_spec(model, weights, random_weights, input_size, mean, std, labels).load(
+        resolve_device(device))
     target_index = preprocess.class_index(target) if target is not None else None
     notes: list[str] = []
     pictures = [open_image(source, notes.append) for source in images]  # every input checked before any output

@@ -8,7 +8,6 @@ import torch
 import typer
 
 from ..api import model_device
-from ..dataset import ModelSpec
 from ..errors import PyExplainError
 from ..io import open_image
 from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_choice
@@ -17,7 +16,7 @@ from ..models import DEFAULT_MODEL
 from . import app
 from .options import (
     DeviceOption, InputSizeOption, MeanOption, ModelOption, RandomWeightsOption, SeedOption, StdOption,
-    WeightsOption, parse_floats, parse_method_options, resolve_device)
+    WeightsOption, model_spec, parse_method_options, resolve_device)
 
 #: ``-O`` keys accepted by fit-rules (the per-image LPR options that make sense for shared channel rules).
 _LOSS_KEYS = ("gamma", "alpha", "beta", "lam", "mask", "smooth_sigma", "normalize")
@@ -53,8 +52,7 @@ def fit_rules_command(
         if name in options:
             check_choice(name, options[name], choices)
     torch.manual_seed(seed)
-    spec = ModelSpec(model, str(weights) if weights else None, random_weights, input_size,
-                     parse_floats(mean, "--mean"), parse_floats(std, "--std"))
+    spec = model_spec(model, weights, random_weights, input_size, mean, std)
     net, preprocess = spec.load(resolve_device(device))
     pictures = [open_image(source) for source in images]
     x = torch.cat([preprocess(p) for p in pictures]).to(model_device(net))

@@ -9,7 +9,9 @@ from typing import Annotated, Any, Optional
 import torch
 import typer
 
+from ..dataset.config import ModelSpec
 from ..errors import PyExplainError
+from ..models import read_labels
 
 # Options declared once for every command that loads a model (``name: ModelOption = DEFAULT_MODEL``).
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Model name, or package.module:factory.")]
@@ -58,3 +60,11 @@ def parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
     except ValueError:
         raise PyExplainError(f"{name} must be comma-separated numbers, got {text!r}") from None
     return values
+
+
+def model_spec(name: str, weights: Path | None, random_weights: bool, input_size: int | None, mean: str | None,
+               std: str | None, labels: Path | None = None) -> ModelSpec:
+    """The model-loading flags (``--model``, ``--weights``, ``--random-weights``, ``--input-size``,
+    ``--mean``, ``--std``, ``--labels``) as a :class:`ModelSpec`."""
+    return ModelSpec(name, str(weights) if weights else None, random_weights, input_size,
+                     parse_floats(mean, "--mean"), parse_floats(std, "--std"), read_labels(labels) if labels else None)
