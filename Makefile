@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test install bench clean
 
-$(STAMP): setup.py requirements-dev.txt $(wildcard csrc/*)
+$(STAMP): setup.py requirements-dev.txt $(wildcard pyexplain/csrc/*) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1

@@ -1,4 +1,4 @@
-"""Autograd wiring of the fused kernels (``pyexplain._C``, built from ``csrc/``).
+"""Autograd wiring of the fused kernels (``pyexplain._C``, built from ``pyexplain/csrc/``).
 
 Each op is a chain of :class:`torch.autograd.Function` s whose every step is one fused kernel:
 
@@ -30,37 +30,53 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import _jit
+
+
+_C: ModuleType | None = None
+LOAD_ERROR: str | None = None
+_loaded = False
 
 
 def _load_extension() -> tuple[ModuleType | None, str | None]:
-    """``(module, None)``, or ``(None, why not)``: not built here, or built against another torch."""
+    """The ahead-of-time build ``pyexplain._C`` (``setup.py``), else the build at first use
+    (:mod:`pyexplain._jit`): ``(module, None)`` or ``(None, why not)``."""
     name = f"{__package__}._C"
-    if importlib.util.find_spec(name) is None:
-        return None, "not built: no compiled pyexplain/_C module (see setup.py)"
-    try:
-        return importlib.import_module(name), None
-    except (ImportError, OSError) as exc:
-        return None, f"failed to load: {exc}"
+    if importlib.util.find_spec(name) is not None:
+        try:
+            return importlib.import_module(name), None
+        except (ImportError, OSError) as exc:  # built against another torch, say: try the cache
+            module, why = _jit.load()
+            return module, None if module is not None else f"{name} failed to load ({exc}); {why}"
+    return _jit.load()
 
 
-_C, LOAD_ERROR = _load_extension()
+def _ensure_loaded() -> None:
+    global _C, LOAD_ERROR, _loaded
+    if not _loaded:
+        _C, LOAD_ERROR = _load_extension()
+        _loaded = True
+
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def available() -> bool:
-    """True when the compiled extension is loaded."""
+    """True when the compiled extension is loaded (loading, or building it, on the first call)."""
+    _ensure_loaded()
     return _C is not None
 
 
 def build_info() -> dict[str, str]:
     """How the loaded extension was built (empty when it is not loaded)."""
+    _ensure_loaded()
     return {key: str(value) for key, value in _C.build_info().items()} if _C is not None else {}
 
 
 def cuda_built() -> bool:
     """True when the loaded extension has CUDA kernels."""
+    _ensure_loaded()
     return _C is not None and _C.build_info()["cuda"] != "not built"
 
 
@@ -80,6 +96,7 @@ def _broadcast_layout_ok(shape: torch.Size, full: torch.Size) -> bool:
 
 def supported(f: Tensor, full: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> bool:
     """Whether the fused kernels take these arguments (``full`` shaped like ``f``, ``params`` broadcast)."""
+    _ensure_loaded()
     if _C is None or f.dim() == 0 or f.numel() == 0:
         return False
     if f.device.type == "cpu":

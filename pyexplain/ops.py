@@ -10,13 +10,20 @@ whose arguments it takes (see :mod:`pyexplain._kernels`: CPU float32/float64, CU
 bfloat16; ``f_ref``/``W``/``mask`` full-size, per-channel or shared by the batch) run the fused
 kernels, first and second order; other calls run the fallback below. :func:`backend` says which
 implementation is in use; ``PYEXPLAIN_BACKEND=fallback`` in the environment forces the fallback.
+
+Guard: the first fused call of each op on a device type of :data:`GUARDED_DEVICE_TYPES` (CUDA: its
+kernels run on fewer machines than the CPU ones, which every test run checks) first compares the
+op — value, first- and second-order gradients on a small tensor — with the fallback. On a mismatch
+the fused kernels are disabled for that device type in this process, with a one-line warning, and
+:func:`disabled_kernels` (shown by ``pyexplain info``) says why.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-from typing import Iterator
+import sys
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -25,6 +32,10 @@ from . import _kernels
 from .errors import PyExplainError
 
 _forced_fallback = False
+FUSED_OPS = ("plugin_rule", "masked_relu_backward")
+GUARDED_DEVICE_TYPES: set[str] = {"cuda"}
+_checked: set[tuple[str, str]] = set()
+_disabled: dict[str, str] = {}
 
 
 def _environment_forces_fallback() -> bool:
@@ -52,17 +63,78 @@ def use_fallback() -> Iterator[None]:
         _forced_fallback = previous
 
 
-def _fused(f: Tensor) -> bool:
-    """The extension is in use and nothing is tracing: exporters and compilers (TorchScript tracing,
-    fx, torch.compile / torch.export) see the fallback's standard ops."""
+def _fused(op: str, f: Tensor) -> bool:
+    """The extension is in use, trusted on ``f``'s device, and nothing is tracing: exporters and
+    compilers (TorchScript tracing, fx, torch.compile / torch.export) see the fallback's standard ops."""
     if backend() != "extension" or isinstance(f, torch.fx.Proxy):
         return False
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return kernels_trusted(op, f.device)
+
+
+def disabled_kernels() -> dict[str, str]:
+    """Device types whose fused kernels the guard disabled in this process, with the reason."""
+    return dict(_disabled)
+
+
+def kernels_trusted(op: str, device: torch.device) -> bool:
+    """False once the guard found ``op`` (or another op) wrong on ``device``'s type; runs the check
+    the first time ``op`` meets a guarded device type."""
+    kind = device.type
+    if kind in _disabled:
+        return False
+    if kind not in GUARDED_DEVICE_TYPES or (op, kind) in _checked:
+        return True
+    _checked.add((op, kind))
+    error = _self_check(op, device)
+    if error > 1e-4:
+        _disabled[kind] = f"fused {op} differs from the reference by {error:.2e} on {kind}"
+        print(f"warning: pyexplain's fused {kind} kernels are disabled for this process: {_disabled[kind]}; "
+              f"the pure-PyTorch ops are used instead", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def _derivatives(fn: Callable[..., Tensor], inputs: list[Tensor]) -> list[Tensor]:
+    """The value of ``fn`` and its first- and second-order gradients with respect to every input."""
+    with torch.enable_grad():
+        args = [t.detach().clone().requires_grad_() for t in inputs]
+        out = fn(*args)
+        first = torch.autograd.grad(out.square().sum(), args, create_graph=True, allow_unused=True)
+        first = [g if g is not None else torch.zeros_like(a) for g, a in zip(first, args)]
+        total = sum((g * g).sum() for g in first if g.requires_grad)
+        second = torch.autograd.grad(total, args, allow_unused=True) if torch.is_tensor(total) else [None] * len(args)
+    second = [g if g is not None else torch.zeros_like(a) for g, a in zip(second, args)]
+    return [t.detach() for t in (out, *first, *second)]
+
+
+def _self_check(op: str, device: torch.device) -> float:
+    """Largest relative difference between the fused ``op`` and its fallback on a small float32 probe."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, 3, 4, 5)
+
+    def draw(*size: int, low: float = -1.0, high: float = 1.0) -> Tensor:
+        return (torch.rand(size, generator=generator) * (high - low) + low).to(device)
+
+    if op == "plugin_rule":
+        inputs = [draw(*shape), draw(*shape), draw(1, 3, 4, 5), draw(1, 3, 1, 1, low=-2.0, high=2.0)]
+        fused, reference = _kernels.plugin_rule, plugin_rule_fallback
+    else:
+        inputs = [draw(*shape), draw(*shape, low=-2.0, high=8.0), draw(*shape, low=0.0, high=1.0)]
+        fused = lambda g, f, m: _kernels.masked_relu_backward(g, f, m, 0.0, 6.0)  # noqa: E731
+        reference = lambda g, f, m: masked_relu_backward_fallback(g, f, m, 0.0, 6.0)  # noqa: E731
+    try:
+        got = _derivatives(fused, inputs)
+    except RuntimeError:
+        return math.inf
+    want = _derivatives(reference, inputs)
+    return max(((a - b).abs().max() / (1.0 + b.abs().max())).item() for a, b in zip(got, want))
 
 
 def plugin_rule(g_out: Tensor, f: Tensor, f_ref: Tensor | None, weight: Tensor) -> Tensor:
     """``g_out ⊙ tanh(W ⊙ (f − f_ref))`` (``f_ref`` and ``W`` broadcast against ``f``; ``None`` = 0)."""
-    if _fused(f):
+    if _fused("plugin_rule", f):
         ref = f_ref if f_ref is not None else f.new_zeros(())
         if _kernels.supported(f, (g_out,), (ref, weight)):
             return _kernels.plugin_rule(g_out, f, ref, weight)
@@ -72,7 +144,7 @@ def plugin_rule(g_out: Tensor, f: Tensor, f_ref: Tensor | None, weight: Tensor) 
 def masked_relu_backward(g_out: Tensor, f: Tensor, mask: Tensor | None, low: float = 0.0,
                          high: float = math.inf) -> Tensor:
     """``g_out ⊙ 1[low < f < high] ⊙ mask`` (``mask`` broadcast against ``f``; ``None`` = 1)."""
-    if _fused(f):
+    if _fused("masked_relu_backward", f):
         m = mask if mask is not None else f.new_ones(())
         if _kernels.supported(f, (g_out,), (m,)):
             return _kernels.masked_relu_backward(g_out, f, m, low, high)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .. import _kernels
-from ..ops import backend
+from ..ops import FUSED_OPS, GUARDED_DEVICE_TYPES, backend, disabled_kernels, kernels_trusted
 from . import app
 
 
@@ -41,3 +41,8 @@ def info_command() -> None:
     print(f"            cpu kernels: {info['cpu_isa']} (built: {info['cpu_isa_available']}), "
           f"OpenMP {info['openmp']}, compiler {info['compiler']}")
     print(f"            cuda kernels: {info['cuda']}")
+    if torch.cuda.is_available() and _kernels.cuda_built() and "cuda" in GUARDED_DEVICE_TYPES:
+        trusted = all([kernels_trusted(op, torch.device("cuda")) for op in FUSED_OPS])
+        print(f"            cuda self-check: {'agrees with the pure-PyTorch ops' if trusted else 'failed'}")
+    for kind, why in disabled_kernels().items():
+        print(f"            {kind} kernels DISABLED for this process: {why}")
