@@ -130,7 +130,10 @@ setup(
         "ninja>=1.11",  # builds the fused kernels at first use after a plain (isolated) install
     ],
     # `pyexplain export --format onnx` writes ONNX (needs onnx) and export/run_onnx.py runs it.
-    extras_require={"export": ["onnx>=1.16", "onnxruntime>=1.18"]},
+    extras_require={
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "export-gpu": ["onnx>=1.16", "onnxruntime-gpu>=1.18"],  # ONNX Runtime's CUDA provider
+    },
     entry_points={"console_scripts": ["pyexplain=pyexplain.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -148,7 +148,7 @@ def load() -> tuple[ModuleType | None, str | None]:
         if _ninja_folder() is None:
             return None, "not built: ninja is not installed (pip install ninja)"
         folder.mkdir(parents=True, exist_ok=True)
-        handle = _acquire(folder.with_suffix(".lock"))
+        handle = _acquire(folder.parent / f"{folder.name}.lock")
     except (OSError, ImportError, TimeoutError) as exc:
         return None, f"not built: {exc}"
     try:
