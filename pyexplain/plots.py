@@ -63,18 +63,21 @@ def compare_figure(image: Tensor, maps: dict[str, Tensor], signs: dict[str, MapS
     panels = 1 + len(maps)
     columns = min(panels, 6)
     rows = -(-panels // columns)
-    figure = Figure(figsize=(2.3 * columns, 2.75 * rows))
-    grid = figure.add_gridspec(2 * rows, columns, height_ratios=[1, 0.06] * rows, hspace=0.3, wspace=0.12)
-    show_image(figure.add_subplot(grid[0, 0]), picture, pixels)
+    figure = Figure(figsize=(2.3 * columns, 2.8 * rows))
+    cells = figure.add_gridspec(rows, columns, hspace=0.25, wspace=0.12)
+
+    def cell(k: int):
+        return cells[divmod(k, columns)].subgridspec(2, 1, height_ratios=[1, 0.06], hspace=0.06)
+
+    show_image(figure.add_subplot(cell(0)[0]), picture, pixels)
     figure.axes[0].set_title("image", fontsize=9)
     for k, (name, attribution_map) in enumerate(maps.items(), start=1):
-        row, column = divmod(k, columns)
         values = attribution_map.float().cpu().numpy()
-        axes = figure.add_subplot(grid[2 * row, column])
+        axes = figure.add_subplot(cell(k)[0])
         mappable = show_map(axes, values, signs[name], picture)
         axes.set_title(name, fontsize=9)
-        colorbar(figure, figure.add_subplot(grid[2 * row + 1, column]), mappable, signs[name], values,
-                 orientation="horizontal", label=False)
+        colorbar(figure, figure.add_subplot(cell(k)[1]), mappable, signs[name], values, orientation="horizontal",
+                 label=False)
     if title:
         figure.suptitle(title, fontsize=10)
     return _png(figure)

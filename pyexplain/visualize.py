@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Rectangle
 from matplotlib.textpath import TextToPath
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from PIL import Image
 
 MapSign = Literal["signed", "nonnegative"]
@@ -117,7 +118,8 @@ def title_line(model: str, method: str, target: int, label: str, probability: fl
     head = " · ".join(part for part in (image, model, method) if part)
     scores = [f"p = {probability:.3f}" if probability is not None else "",
               f"logit = {logit:.3g}" if logit is not None else ""]
-    return ", ".join([f"{head} — target: {label} ({target})"] + [s for s in scores if s])
+    named = f"{label} ({target})" if label != str(target) else str(target)
+    return ", ".join([f"{head} — target: {named}"] + [s for s in scores if s])
 
 
 def model_view_box(image_size: tuple[int, int], input_size: tuple[int, int], resize: int | None) -> Box:
@@ -231,10 +233,13 @@ def colorbar(figure: Figure, cax: Axes, mappable: ScalarMappable, sign: MapSign,
     above = finite.size and finite.max() > norm.vmax + 1e-12 * abs(norm.vmax)
     extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get((bool(below), bool(above)), "neither")
     bar = figure.colorbar(mappable, cax=cax, orientation=orientation, extend=extend)
+    ticks = 5 if orientation == "vertical" else 3
+    if sign == "signed":  # symmetric ticks: 0 and the scale's ends ±s
+        bar.set_ticks(np.linspace(-norm.vmax, norm.vmax, ticks))
+    else:
+        bar.locator = MaxNLocator(ticks)
+    bar.formatter = FormatStrFormatter("%.3g")
     bar.ax.tick_params(labelsize=7, length=2, pad=1)
-    bar.formatter.set_powerlimits((-2, 3))
-    bar.ax.yaxis.get_offset_text().set_fontsize(7)
-    bar.ax.xaxis.get_offset_text().set_fontsize(7)
     if label:
         text = "against ← 0 → for the target" if sign == "signed" else "relevance (more →)"
         bar.set_label(text, fontsize=8)

@@ -129,6 +129,7 @@ def test_title_line_names_model_method_target_and_probability():
     assert title_line("resnet18", "gradcam", 285, "Egyptian cat", 0.80312, "cat.jpg") == \
         "cat.jpg · resnet18 · gradcam — target: Egyptian cat (285), p = 0.803"
     assert title_line("m", "", 3, "three", logit=2.5) == "m — target: three (3), logit = 2.5"
+    assert title_line("m", "x", 7, "7", 0.5) == "m · x — target: 7, p = 0.500"  # no class names
 
 
 def test_explain_cli_titles_each_figure_with_its_prediction(tmp_path, capsys, monkeypatch):

@@ -72,7 +72,7 @@ def compare_command(
         probability = float(result.logits[0].float().softmax(0)[t])
     if not maps:
         raise PyExplainError("no method could be run: " + "; ".join(failed))
-    title = title_line(model, "", t, preprocess.label(t), probability, image)
+    title = title_line(model, "", t, preprocess.label(t), probability, image.removeprefix("builtin:"))
     png = compare_figure(display_images(x, preprocess)[0], maps, signs, title)
     atomic_write(out, lambda tmp: tmp.write_bytes(png))
     for line in failed:
