@@ -43,15 +43,15 @@ def legend(sign: str) -> bytes:
 
     from .visualize import colorbar, colormap
 
-    figure = Figure(figsize=(3.2, 0.55), dpi=100)
+    figure = Figure(figsize=(2.4, 0.4), dpi=100)
     FigureCanvasAgg(figure)
-    cax = figure.add_axes([0.05, 0.55, 0.9, 0.3])
+    cax = figure.add_axes([0.05, 0.5, 0.9, 0.45])
     norm = CenteredNorm(0.0, 1.0) if sign == "signed" else Normalize(0.0, 1.0)
     colorbar(figure, cax, ScalarMappable(norm, colormap(sign)), sign, [], orientation="horizontal", label=False)
-    ticks = ([-1, 0, 1], ["−s (against)", "0", "+s (for)"]) if sign == "signed" else ([0, 1], ["low", "high"])
+    ticks = ([-1, 0, 1], ["−s", "0", "+s"]) if sign == "signed" else ([0, 1], ["low", "high"])
     cax.set_xticks(*ticks)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.03)
     return buffer.getvalue()
 
 
@@ -87,8 +87,9 @@ def render(evaluation: Evaluation, display: Tensor, plots: dict[str, bytes], tit
 
     methods = list(evaluation.maps)
     signs = {m: get_method(m).map_sign() for m in methods}
-    parts.append("<h2>Maps</h2><p>Each map on its own scale (given under it). Signed maps: "
-                 f"{_img(legend('signed'))} non-negative maps: {_img(legend('nonnegative'))}</p>"
+    parts.append("<h2>Maps</h2><p>Each map on its own scale, given under it. Signed maps (red = evidence for "
+                 f"the target, blue = against): {_img(legend('signed'))} &nbsp; non-negative maps (relevance): "
+                 f"{_img(legend('nonnegative'))}</p>"
                  "<table><tr><th>image</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in methods) + "</tr>")
     for i, name in enumerate(evaluation.data.names):
         t = int(evaluation.targets[i])
