@@ -140,6 +140,9 @@ def test_cli_models_and_methods(capsys):
     assert code == 0 and "efficientnet_lite0" in stdout and "resnet18" in stdout
     code, stdout, _ = run_cli(["methods"], capsys)
     assert code == 0 and "integrated_gradients" in stdout and "Sundararajan" in stdout
+    lines = stdout.splitlines()
+    assert lines[lines.index("gradcam") + 5] == "    map: nonnegative"
+    assert lines[lines.index("gradxinput") + 5] == "    map: signed"
 
 
 def test_every_builtin_image_opens():
