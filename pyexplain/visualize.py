@@ -189,7 +189,7 @@ def show_image(axes: Axes, picture: Picture, pixels: tuple[int, int], faded: boo
     marks the model's view when it is only part of the image."""
     width, height = picture.image.size
     shown = picture.image.convert("RGB").resize(pixels, Image.Resampling.LANCZOS)
-    axes.imshow(_faded(shown) if faded else np.asarray(shown), extent=(0, width, height, 0), interpolation="nearest")
+    axes.imshow(_faded(shown) if faded else np.asarray(shown), extent=(0, width, height, 0), interpolation="none")
     if not picture.covers_all():
         left, top, right, bottom = picture.box
         axes.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="white",
