@@ -14,7 +14,7 @@ import pyexplain
 from pyexplain.models import Preprocess
 from pyexplain.registry import get_method, list_methods
 from pyexplain.visualize import (
-    Picture, colormap, explanation_figure, figure_image, heatmap, map_norm, model_view_box, overlay, panel_size,
+    Picture, colormap, explanation_figure, figure_image, heatmap, map_norm, model_picture, model_view_box, overlay, panel_size,
     title_line)
 
 from cli_support import run_cli
@@ -186,3 +186,22 @@ def test_declared_map_sign_matches_the_maps(name, options):
         assert attribution_map.min() >= -1e-6 * scale
     else:
         assert attribution_map.min() < -1e-3 * scale and attribution_map.max() > 1e-3 * scale
+
+
+def test_model_picture_places_the_map_on_the_crop_or_shows_the_models_view():
+    crop = Preprocess(size=224, mean=(0,) * 3, std=(1,) * 3, labels=(), resize=256)
+    photo = Image.new("RGB", (512, 384), "gray")
+    whole = model_picture(photo, crop, "image")
+    assert whole.image.size == (512, 384) and not whole.covers_all()
+    assert whole.box == pytest.approx(model_view_box((512, 384), (224, 224), 256))
+    seen = model_picture(photo, crop, "model")
+    assert seen.image.size == (224, 224) and seen.covers_all()
+    stretched = model_picture(photo, Preprocess(size=224, mean=(0,) * 3, std=(1,) * 3, labels=()), "image")
+    assert stretched.covers_all() and stretched.image.size == (512, 384)
+
+
+def test_explain_cli_refuses_an_unknown_layout_or_view(tmp_path, capsys):
+    for flag in ("--layout", "--view"):
+        code, _, err = run_cli(["explain", "builtin:chelsea", flag, "sideways", "--out", str(tmp_path / "o")], capsys)
+        assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and "sideways" in err
+    assert not (tmp_path / "o").exists()
