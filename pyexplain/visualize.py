@@ -192,8 +192,9 @@ def show_image(axes: Axes, picture: Picture, pixels: tuple[int, int], faded: boo
     axes.imshow(_faded(shown) if faded else np.asarray(shown), extent=(0, width, height, 0), interpolation="none")
     if not picture.covers_all():
         left, top, right, bottom = picture.box
-        axes.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="white",
-                                 linestyle="--", linewidth=1.2))
+        for colour, style in (("black", "-"), ("white", "--")):  # visible on light and dark images
+            axes.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor=colour,
+                                     linestyle=style, linewidth=1.2))
     axes.set_xlim(0, width)
     axes.set_ylim(height, 0)
     axes.set_axis_off()
