@@ -205,3 +205,30 @@ def test_explain_cli_refuses_an_unknown_layout_or_view(tmp_path, capsys):
         code, _, err = run_cli(["explain", "builtin:chelsea", flag, "sideways", "--out", str(tmp_path / "o")], capsys)
         assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and "sideways" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_html_report_thumbnails_use_each_methods_scale():
+    """A Grad-CAM thumbnail is coloured from the sequential colormap, a Grad×Input one from the
+    diverging one with zero at its centre colour, and each cell gives its scale."""
+    import base64
+    import io
+    import re
+
+    from pyexplain.evaluation import EvalSet, Evaluation
+    from pyexplain.html_report import render
+
+    ramp = torch.linspace(0, 1, 16).repeat(16, 1)[None]
+    signed = torch.tensor(signed_map(), dtype=torch.float32)[None]
+    evaluation = Evaluation(EvalSet(torch.zeros(1, 3, 16, 16), ["one"]), torch.tensor([0]), [],
+                            maps={"gradcam": ramp, "gradxinput": signed}, seconds={"gradcam": 0.0, "gradxinput": 0.0})
+    page = render(evaluation, torch.zeros(1, 3, 16, 16), {}, "t")
+    cells = re.findall(r'<td><img src="data:image/png;base64,([^"]+)"><br>([^<]+)</td>', page)
+    # the ramp's 0.5th / 99.5th percentiles are its ends (each value fills a column of 16); 1 fills 2 % of |signed|
+    assert [text for _, text in cells] == ["0 – 1", "±1"]
+    pictures = [np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")) for data, _ in cells]
+    cam_colours = np.unique(pictures[0].reshape(-1, 3), axis=0)
+    lut = colormap("nonnegative")(np.linspace(0, 1, 256), bytes=True)[:, :3].astype(int)
+    assert len(cam_colours) >= 15 and np.abs(cam_colours[:, None].astype(int) - lut[None]).sum(2).min(1).max() == 0
+    centre = list(colormap("signed")(0.5, bytes=True)[:3])
+    thumbnail = pictures[1]
+    assert thumbnail[thumbnail.shape[0] // 2, thumbnail.shape[1] // 2].tolist() == centre
