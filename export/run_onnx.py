@@ -1,11 +1,13 @@
-"""Run an ONNX explainer from ``pyexplain export --format onnx`` with ONNX Runtime alone (no torch,
-no pyexplain) on one image, and write its heatmap.
+"""Run an ONNX explainer from ``pyexplain export --format onnx`` with ONNX Runtime on one image, and
+write its figure.
 
     python export/run_onnx.py explainer.onnx cat.jpg out/cat [--target 285]
 
 Preprocessing (input size, resize, mean/std) comes from the file's metadata. Uses the CUDA execution
-provider when ONNX Runtime has it, the CPU one otherwise. Writes ``OUT.png`` (red = evidence for
-the target, blue = against, white = none) and ``OUT.npy`` (the map ``[H, W]``, float32), atomically.
+provider when ONNX Runtime has it, the CPU one otherwise. The explainer runs on ONNX Runtime alone;
+the figure is drawn by ``pyexplain.visualize`` (as ``pyexplain explain`` draws it: the image and the
+map at the image's resolution, a colour bar, a title). Writes ``OUT.png`` and ``OUT.npy`` (the map
+``[H, W]``, float32), atomically.
 """
 from __future__ import annotations
 
@@ -38,15 +40,6 @@ def preprocess(path: str, meta: dict[str, str]) -> np.ndarray:
     return x.transpose(2, 0, 1)[None, :channels].copy()
 
 
-def heatmap(attribution_map: np.ndarray) -> Image.Image:
-    """Diverging colors scaled by the 99.5th percentile of ``|map|``: −1 blue, 0 white, +1 red."""
-    scale = float(np.percentile(np.abs(attribution_map), 99.5)) or float(np.abs(attribution_map).max()) or 1.0
-    v = np.clip(attribution_map / scale, -1, 1)[..., None]
-    white, red, blue = np.ones(3), np.array([1.0, 0, 0]), np.array([0, 0, 1.0])
-    rgb = np.where(v >= 0, white + v * (red - white), white - v * (blue - white))
-    return Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB")
-
-
 def write_atomically(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -57,6 +50,26 @@ def write_atomically(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def draw(path: str, attribution_map: np.ndarray, meta: dict[str, str], target: int, logits: np.ndarray) -> Image.Image:
+    """The figure of ``pyexplain explain``: the whole image, the map on the model's view of it."""
+    from pyexplain.errors import PyExplainError
+    from pyexplain.registry import get_method
+    from pyexplain.visualize import Picture, explanation_image, model_view_box, sign_of, title_line
+
+    image = Image.open(path).convert("RGB")
+    _, height, width = (int(v) for v in meta.get("input_shape", "3,224,224").split(","))
+    box = model_view_box(image.size, (height, width), int(meta["resize"]) if meta.get("resize") else None)
+    method = meta.get("method", "?")
+    try:
+        sign = get_method(method).map_sign()
+    except PyExplainError:  # a method this pyexplain does not know
+        sign = sign_of(attribution_map)
+    probabilities = np.exp(logits - logits.max())
+    title = title_line(meta.get("model", "?"), method, target, str(target),
+                       float(probabilities[target] / probabilities.sum()), Path(path).name)
+    return explanation_image(Picture(image, box), attribution_map, sign, title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             np.save(handle, attribution_map)
 
     write_atomically(npy, save_npy)
-    write_atomically(png, lambda tmp: heatmap(attribution_map).save(tmp, format="PNG"))
+    figure = draw(args.image, attribution_map, meta, target, logits[0])
+    write_atomically(png, lambda tmp: figure.save(tmp, format="PNG"))
     print(f"{meta.get('method', '?')} on {session.get_providers()[0]}: target {target}, "
           f"logit {logits[0, target]:.4f} -> {npy}, {png}")
     return 0

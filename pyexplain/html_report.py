@@ -10,7 +10,8 @@ from PIL import Image
 from torch import Tensor
 
 from .evaluation import METRICS, Evaluation
-from .plots import map_overlay, to_pil
+from .plots import to_pil
+from .registry import get_method
 
 THUMBNAIL = 160
 
@@ -23,6 +24,35 @@ def _img(picture: Image.Image | bytes, width: int | None = None) -> str:
         picture.save(buffer, format="PNG")
         picture = buffer.getvalue()
     return f'<img src="data:image/png;base64,{base64.b64encode(picture).decode()}">'
+
+
+def scale_text(attribution_map, sign: str) -> str:
+    """The ends of a map's colour scale: ``±s`` signed, ``low – high`` non-negative."""
+    from .visualize import map_norm
+
+    norm = map_norm(attribution_map, sign)
+    return f"±{norm.vmax:.3g}" if sign == "signed" else f"{norm.vmin:.3g} – {norm.vmax:.3g}"
+
+
+def legend(sign: str) -> bytes:
+    """A horizontal colour bar for the thumbnails of one sign, its ends as labels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import CenteredNorm, Normalize
+    from matplotlib.figure import Figure
+
+    from .visualize import colorbar, colormap
+
+    figure = Figure(figsize=(2.4, 0.4), dpi=100)
+    FigureCanvasAgg(figure)
+    cax = figure.add_axes([0.05, 0.5, 0.9, 0.45])
+    norm = CenteredNorm(0.0, 1.0) if sign == "signed" else Normalize(0.0, 1.0)
+    colorbar(figure, cax, ScalarMappable(norm, colormap(sign)), sign, [], orientation="horizontal", label=False)
+    ticks = ([-1, 0, 1], ["−s", "0", "+s"]) if sign == "signed" else ([0, 1], ["low", "high"])
+    cax.set_xticks(*ticks)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.03)
+    return buffer.getvalue()
 
 
 def summary_table(evaluation: Evaluation) -> str:
@@ -53,12 +83,19 @@ def render(evaluation: Evaluation, display: Tensor, plots: dict[str, bytes], tit
             f"<li>{html.escape(m)}: {html.escape(r)}</li>" for m, r in evaluation.errors.items()) + "</ul>")
     if plots:
         parts.append("<h2>Curves (mean over images)</h2>" + "".join(_img(png) for png in plots.values()))
+    from .visualize import heatmap
+
     methods = list(evaluation.maps)
-    parts.append("<h2>Maps</h2><p>red = evidence for the target, blue = against.</p><table><tr><th>image</th>"
-                 + "".join(f"<th>{html.escape(m)}</th>" for m in methods) + "</tr>")
+    signs = {m: get_method(m).map_sign() for m in methods}
+    parts.append("<h2>Maps</h2><p>Each map on its own scale, given under it. Signed maps (red = evidence for "
+                 f"the target, blue = against): {_img(legend('signed'))} &nbsp; non-negative maps (relevance): "
+                 f"{_img(legend('nonnegative'))}</p>"
+                 "<table><tr><th>image</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in methods) + "</tr>")
     for i, name in enumerate(evaluation.data.names):
         t = int(evaluation.targets[i])
-        cells = "".join(f"<td>{_img(map_overlay(display[i], evaluation.maps[m][i]), THUMBNAIL)}</td>" for m in methods)
+        cells = "".join(
+            f"<td>{_img(heatmap(array, signs[m]), THUMBNAIL)}<br>{scale_text(array, signs[m])}</td>"
+            for m in methods for array in [evaluation.maps[m][i].float().cpu().numpy()])
         parts.append(f"<tr><td>{_img(to_pil(display[i]), THUMBNAIL)}<br>{html.escape(name)}<br>target: "
                      f"{html.escape(label(t))}</td>{cells}</tr>")
     parts.append("</table>")

@@ -1,14 +1,16 @@
 """Figures for evaluations (matplotlib's Agg canvas, no global backend change): mean metric curves
-and side-by-side map comparisons. Every function returns PNG bytes."""
+and map comparisons drawn with :mod:`pyexplain.visualize`. Every function returns PNG bytes."""
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from .visualize import overlay
+if TYPE_CHECKING:
+    from .visualize import MapSign
 
 CURVE_LABELS = {
     "morf": ("fraction of pixels removed (most relevant first)", "F_t(masked) / F_t(I)"),
@@ -34,12 +36,6 @@ def to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8), "RGB")
 
 
-def map_overlay(image: Tensor, attribution_map: Tensor) -> Image.Image:
-    """The map as a red/blue heatmap over a faded copy of ``image`` ``[3, H, W]``."""
-    array = attribution_map.float().cpu().numpy()
-    return overlay(to_pil(image), array).crop((array.shape[1], 0, 2 * array.shape[1], array.shape[0]))
-
-
 def curve_plot(curves: dict[str, tuple[Tensor, Tensor]], metric: str, title: str = "") -> bytes:
     """Mean curve (over images) per method for one curve metric."""
     from matplotlib.figure import Figure
@@ -55,19 +51,33 @@ def curve_plot(curves: dict[str, tuple[Tensor, Tensor]], metric: str, title: str
     return _png(figure)
 
 
-def compare_figure(image: Tensor, maps: dict[str, Tensor], title: str = "") -> bytes:
-    """One row: the image, then each method's map over it (red = for the target, blue = against)."""
+def compare_figure(image: Tensor, maps: dict[str, Tensor], signs: dict[str, MapSign], title: str = "") -> bytes:
+    """The image, then each method's map on its own scale (:mod:`pyexplain.visualize`: diverging for
+    signed maps, sequential for non-negative ones), a colour bar under each; 6 panels a row."""
     from matplotlib.figure import Figure
 
-    panels = [("image", to_pil(image))] + [(name, map_overlay(image, m)) for name, m in maps.items()]
-    columns = min(len(panels), 6)
-    rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(2.2 * columns, 2.4 * rows))
-    for k, (name, picture) in enumerate(panels):
-        axes = figure.add_subplot(rows, columns, k + 1)
-        axes.imshow(np.asarray(picture), interpolation="nearest")
+    from .visualize import Picture, colorbar, show_image, show_map
+
+    picture = Picture(to_pil(image))
+    pixels = (picture.image.width, picture.image.height)
+    panels = 1 + len(maps)
+    columns = min(panels, 6)
+    rows = -(-panels // columns)
+    figure = Figure(figsize=(2.3 * columns, 2.8 * rows))
+    cells = figure.add_gridspec(rows, columns, hspace=0.25, wspace=0.12)
+
+    def cell(k: int):
+        return cells[divmod(k, columns)].subgridspec(2, 1, height_ratios=[1, 0.06], hspace=0.06)
+
+    show_image(figure.add_subplot(cell(0)[0]), picture, pixels)
+    figure.axes[0].set_title("image", fontsize=9)
+    for k, (name, attribution_map) in enumerate(maps.items(), start=1):
+        values = attribution_map.float().cpu().numpy()
+        axes = figure.add_subplot(cell(k)[0])
+        mappable = show_map(axes, values, signs[name], picture)
         axes.set_title(name, fontsize=9)
-        axes.axis("off")
+        colorbar(figure, figure.add_subplot(cell(k)[1]), mappable, signs[name], values, orientation="horizontal",
+                 label=False)
     if title:
         figure.suptitle(title, fontsize=10)
     return _png(figure)

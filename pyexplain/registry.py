@@ -6,7 +6,7 @@ import importlib
 import inspect
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Union
 
 from torch import Tensor
 
@@ -20,6 +20,13 @@ class MethodResult(NamedTuple):
     extras: dict[str, Tensor]
 
 
+#: What a method's map holds: ``signed`` (evidence for and against the target, drawn on a diverging
+#: scale centred at zero) or ``nonnegative`` (relevance only, drawn on a sequential scale).
+MapSign = Literal["signed", "nonnegative"]
+#: A method's map sign, fixed or a function of its options (e.g. saliency's ``absolute``).
+SignDeclaration = Union[MapSign, Callable[[dict[str, Any]], MapSign]]
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
@@ -29,23 +36,30 @@ class MethodInfo:
     cost: str
     iterative: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
+    sign: SignDeclaration = "signed"
+
+    def map_sign(self, options: dict[str, Any] | None = None) -> MapSign:
+        """The sign of the map this method gives with ``options`` (defaults filled in)."""
+        return self.sign({**self.defaults, **(options or {})}) if callable(self.sign) else self.sign
 
 
 _METHODS: dict[str, MethodInfo] = {}
 
 
-def register_method(name: str, *, description: str, paper: str, cost: str, iterative: bool = False):
+def register_method(name: str, *, description: str, paper: str, cost: str, iterative: bool = False,
+                    sign: SignDeclaration = "signed"):
     """Decorator registering ``fn(model, x, targets, **options)`` as method ``name``.
 
     ``targets`` is a :class:`pyexplain.core.targets.Targets`; iterative methods also receive
     ``progress: bool``. The keyword-only parameters of ``fn`` are the method's options, and their
-    defaults are its documented defaults.
+    defaults are its documented defaults. ``sign`` declares what the map holds (see :data:`MapSign`),
+    fixed or as a function of the options.
     """
 
     def decorate(fn):
         params = inspect.signature(fn).parameters.values()
         defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "progress"}
-        _METHODS[name] = MethodInfo(name, fn, description, paper, cost, iterative, defaults)
+        _METHODS[name] = MethodInfo(name, fn, description, paper, cost, iterative, defaults, sign)
         return fn
 
     return decorate

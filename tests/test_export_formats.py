@@ -66,6 +66,7 @@ def test_onnx_example_script(tmp_path):
     from pathlib import Path
 
     import numpy as np
+    from PIL import Image
 
     from pyexplain.cli import main
     from pyexplain.models import load_model
@@ -85,3 +86,4 @@ def test_onnx_example_script(tmp_path):
     written = np.load(tmp_path / "out" / "coffee.npy")
     assert np.allclose(written, attribution[0].sum(0).numpy(), rtol=1e-5, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coffee.npy", "coffee.png"]
+    assert Image.open(tmp_path / "out" / "coffee.png").width > 2 * 64  # a figure: the image, the map, a colour bar

@@ -13,6 +13,7 @@ from ..evaluation import display_images, load_eval_set
 from ..io import atomic_write, open_image
 from ..models import DEFAULT_MODEL, SMALL_MODELS, load_model
 from ..plots import compare_figure
+from ..registry import get_method
 from . import app
 from .evaluate_cmd import parse_methods, parse_per_method_options
 from .options import (
@@ -46,7 +47,10 @@ def compare_command(
     option: PerMethodOptions = [],
     seed: SeedOption = 0,
 ) -> None:
-    """Write one figure: the image, then each method's map (red = for the target, blue = against)."""
+    """Write one figure: the image, then each method's map with its colour bar (signed maps: red = for
+    the target, blue = against; non-negative maps: brighter = more relevant)."""
+    from ..visualize import title_line  # matplotlib: only when drawing
+
     names = parse_methods(methods)
     per_method = parse_per_method_options(option, names)
     if out.suffix.lower() != ".png":
@@ -55,7 +59,7 @@ def compare_command(
     net, preprocess = load_model(model, weights, resolve_device(device))
     x = load_one(image, model, preprocess)
     t = preprocess.class_index(target) if target is not None else None
-    maps, failed = {}, []
+    maps, signs, failed, probability = {}, {}, [], 0.0
     for name in names:
         try:
             result = explain(net, x, name, target=t, progress=True, **per_method.get(name, {}))
@@ -63,10 +67,13 @@ def compare_command(
             failed.append(f"{name}: {' '.join(str(exc).split())}")
             continue
         maps[name] = result.map[0].cpu()
+        signs[name] = get_method(name).map_sign(per_method.get(name, {}))
         t = int(result.targets[0])
+        probability = float(result.logits[0].float().softmax(0)[t])
     if not maps:
         raise PyExplainError("no method could be run: " + "; ".join(failed))
-    png = compare_figure(display_images(x, preprocess)[0], maps, f"{model}: {image} → {preprocess.label(t)} (class {t})")
+    title = title_line(model, "", t, preprocess.label(t), probability, image.removeprefix("builtin:"))
+    png = compare_figure(display_images(x, preprocess)[0], maps, signs, title)
     atomic_write(out, lambda tmp: tmp.write_bytes(png))
     for line in failed:
         print(f"note: not run: {line}")

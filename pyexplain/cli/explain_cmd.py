@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +18,6 @@ from ..io import open_image, save_npy, save_png
 from ..methods._lpr_rules import load_rules
 from ..models import DEFAULT_MODEL
 from ..registry import get_method
-from ..visualize import overlay
 from . import app
 from .options import (
     DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption,
@@ -35,10 +35,24 @@ def lpr_rules_for(method: str, path: Path, model: str) -> dict:
     return loaded
 
 
+class View(str, Enum):
+    image = "image"
+    model = "model"
+
+
+class Layout(str, Enum):
+    side_by_side = "side-by-side"
+    overlay = "overlay"
+
+
+def _display_name(source: str) -> str:
+    return source.split(":", 1)[1] if source.startswith("builtin:") else Path(source).name
+
+
 def _output_stems(sources: list[str], method: str) -> list[str]:
     stems, seen = [], set()
     for source in sources:
-        stem = f"{Path(source.split(':', 1)[-1] if source.startswith('builtin:') else source).stem}_{method}"
+        stem = f"{Path(_display_name(source)).stem}_{method}"
         candidate, k = stem, 1
         while candidate in seen:
             k += 1
@@ -67,8 +81,12 @@ def explain_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
     seed: SeedOption = 0,
     rules: Optional[Path] = typer.Option(None, "--rules", help="LPR rules file from `pyexplain fit-rules` (--method lpr): a fixed rule, 1 forward + 1 backward."),
+    view: View = typer.Option(View.image, "--view", help="PNG: 'image' = the whole image at its own resolution (a centre crop framed), 'model' = the resized/cropped image the model saw."),
+    layout: Layout = typer.Option(Layout.side_by_side, "--layout", help="PNG: 'side-by-side' = the image, then the map; 'overlay' = the map over a faded copy of the image."),
 ) -> None:
-    """Write a heatmap PNG (red = for, blue = against) and the raw map (.npy) per image."""
+    """Write a figure PNG (the map with its colour bar and a title) and the raw map (.npy) per image."""
+    from ..visualize import explanation_image, model_picture, sign_of, title_line  # matplotlib: only when drawing
+
     info = get_method(method)
     options = parse_method_options(option)
     if rules is not None:
@@ -82,6 +100,7 @@ def explain_command(
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     stems = _output_stems(images, method)
+    sign = info.map_sign(options)
     records = []
     bar = tqdm(total=len(pictures), desc=method, unit="img", disable=len(pictures) < 2, file=sys.stderr)
     for start in range(0, len(pictures), batch_size):
@@ -91,15 +110,19 @@ def explain_command(
         probabilities = result.logits.softmax(1)
         for row, picture in enumerate(chunk):
             index = start + row
+            t = int(result.targets[row])
             maps = {"": result.map[row]}
             maps.update({f"_{k}": v[row].sum(0) for k, v in result.extras.items() if v.ndim == 4})
+            shown = model_picture(picture, preprocess, view.value)
             written = []
             for suffix, attribution_map in maps.items():
                 array = attribution_map.float().cpu().numpy()
+                title = title_line(model, f"{method} {suffix[1:]}".strip(), t, preprocess.label(t),
+                                   float(probabilities[row, t]), _display_name(images[index]))
+                figure = explanation_image(shown, array, sign_of(array) if suffix else sign, title, layout.value)
                 written.append(str(save_npy(out / f"{stems[index]}{suffix}.npy", array.astype(np.float32))))
-                written.append(str(save_png(out / f"{stems[index]}{suffix}.png", overlay(preprocess.view(picture), array))))
+                written.append(str(save_png(out / f"{stems[index]}{suffix}.png", figure)))
             top = probabilities[row].topk(5)
-            t = int(result.targets[row])
             records.append({
                 "image": images[index],
                 "top5": [{"index": int(i), "label": preprocess.label(int(i)), "probability": round(float(p), 6)}

@@ -18,7 +18,10 @@ def models_command() -> None:
 
 @app.command("methods")
 def methods_command() -> None:
-    """List every method with a one-line description, its paper and its cost per image."""
+    """List every method with a one-line description, its paper, its cost per image, its options and
+    whether its map is signed (for and against the target) or non-negative (relevance only)."""
     for info in list_methods():
         options = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "-"
-        print(f"{info.name}\n    {info.description}\n    paper: {info.paper}\n    cost: {info.cost}\n    options: {options}")
+        sign = info.map_sign() + (" with the default options" if callable(info.sign) else "")
+        print(f"{info.name}\n    {info.description}\n    paper: {info.paper}\n    cost: {info.cost}\n    options: {options}"
+              f"\n    map: {sign}")

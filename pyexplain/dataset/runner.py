@@ -36,7 +36,6 @@ from ..api import explain
 from ..errors import PyExplainError
 from ..io import load_image
 from ..registry import get_method
-from ..visualize import overlay
 from .config import ModelSpec, RunConfig, check_precision, resolve_options
 from .distributed import Ranks, env_world, rank_device, shard
 from .execution import (DEFAULT_BATCH, MAX_AUTO_BATCH, PROBE_ITERATIONS, PROBE_ROWS, BackoffBatcher, BatchChoice,
@@ -204,6 +203,15 @@ class _Worker:
         extras = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
         return maps, extras, torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts])
 
+    def figure(self, source: Source, picture, attribution_map: np.ndarray, target: int, score: float):
+        """The PNG of one map: the image and its map side by side, a colour bar and a title."""
+        from ..visualize import explanation_image, model_picture, title_line  # matplotlib: only when drawing
+
+        title = title_line(self.job.model.name, self.job.method, target, self.preprocess.label(target),
+                           image=source.key, logit=score)
+        sign = get_method(self.job.method).map_sign(self.options)
+        return explanation_image(model_picture(picture, self.preprocess), attribution_map, sign, title)
+
     def write(self, source: Source, sha256: str, picture, notes: list[str], attribution_map: np.ndarray,
               extras: dict[str, np.ndarray], target: int, score: float) -> dict[str, Any]:
         outputs, sizes = {}, {}
@@ -213,7 +221,7 @@ class _Worker:
             sizes[kind] = write_npy(self.layout.root / outputs[kind], np.ascontiguousarray(array, dtype=np.float32))
         if self.job.png:
             outputs["png"] = self.layout.output("png", source.key)
-            sizes["png"] = write_png(self.layout.root / outputs["png"], overlay(self.preprocess.view(picture), attribution_map))
+            sizes["png"] = write_png(self.layout.root / outputs["png"], self.figure(source, picture, attribution_map, target, score))
         record = self.records.ok(source.key, sha256, target, self.preprocess.label(target), score, outputs, sizes, notes)
         self.journal.append(record)  # only after every output is in place
         return record

@@ -28,6 +28,7 @@ def gradcam_map(model: nn.Module, x: Tensor, targets: Targets, layer: str | None
     description="gradient-weighted class activation map of a convolutional layer (last spatial layer by default)",
     paper="Selvaraju et al.: Grad-CAM (ICCV 2017)",
     cost="1 forward + 1 partial backward",
+    sign="nonnegative",  # ReLU of the weighted activations
 )
 def gradcam(model: nn.Module, x: Tensor, targets: Targets, *, layer: str | None = None,
             interpolation: str = "bilinear") -> Tensor:

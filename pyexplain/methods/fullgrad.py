@@ -94,6 +94,7 @@ def fullgrad_map(decomposition: FullGradDecomposition, size: tuple[int, int]) ->
     description="input-gradient plus upsampled bias-gradient maps of every conv/BN layer",
     paper="Srinivas, Fleuret: Full-Gradient Representation for Neural Network Visualization (NeurIPS 2019)",
     cost="1 forward + 1 backward",
+    sign="nonnegative",  # ψ = |·| min–max scaled, summed
 )
 def fullgrad(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
     """``S = ψ(∇ₓF ⊙ x) + Σ_l upsample(ψ(∇_{b_l}F ⊙ b_l))``, spread evenly over the input channels."""

@@ -16,6 +16,7 @@ from ._common import gradient_of_scores, input_gradient, per_image_range
     description="absolute input gradient |∂F_t/∂x|",
     paper="Simonyan, Vedaldi, Zisserman: Deep Inside Convolutional Networks (ICLR-W 2014)",
     cost="1 forward + 1 backward",
+    sign=lambda options: "nonnegative" if options["absolute"] else "signed",
 )
 def saliency(model: nn.Module, x: Tensor, targets: Targets, *, absolute: bool = True) -> Tensor:
     """``A = |∂F_t(x)/∂x|`` (signed gradient with ``absolute=False``)."""
@@ -104,6 +105,7 @@ def smoothgrad(
     description="squared gradient averaged over Gaussian-noised copies of the input",
     paper="Hooker et al.: A Benchmark for Interpretability Methods in Deep Neural Networks (NeurIPS 2019)",
     cost="samples forwards + samples backwards",
+    sign="nonnegative",  # mean of squared gradients
 )
 def smoothgrad_sq(
     model: nn.Module, x: Tensor, targets: Targets, *, samples: int = 50, noise_level: float = 0.15, seed: int = 0,

@@ -34,6 +34,7 @@ def _upsample(m: Tensor, size: tuple[int, int]) -> Tensor:
     paper="Fong, Vedaldi: Interpretable Explanations of Black Boxes by Meaningful Perturbation (ICCV 2017)",
     cost="iterations forwards + iterations backwards (300 by default)",
     iterative=True,
+    sign="nonnegative",  # the deletion mask 1 − m ∈ [0, 1]
 )
 def meaningful_perturbation(
     model: nn.Module, x: Tensor, targets: Targets, *, iterations: int = 300, learning_rate: float = 0.1,
@@ -115,6 +116,7 @@ def _areas(areas: float | tuple[float, ...] | list[float]) -> list[float]:
     paper="Fong, Patrick, Vedaldi: Understanding Deep Networks via Extremal Perturbations and Smooth Masks (ICCV 2019)",
     cost="iterations forwards + iterations backwards per area (300 by default)",
     iterative=True,
+    sign="nonnegative",  # the mean of masks in [0, 1]
 )
 def extremal_perturbation(
     model: nn.Module, x: Tensor, targets: Targets, *, areas: float | tuple[float, ...] = 0.1,

@@ -40,6 +40,7 @@ def render_masks(grid: Tensor, dy: Tensor, dx: Tensor, size: tuple[int, int], dt
     paper="Petsiuk, Das, Saenko: RISE: Randomized Input Sampling for Explanation of Black-box Models (BMVC 2018)",
     cost="masks forwards (1000 by default)",
     iterative=True,
+    sign=lambda options: "nonnegative" if options["probability"] else "signed",  # logits can be < 0
 )
 def rise(
     model: nn.Module, x: Tensor, targets: Targets, *, masks: int = 1000, cells: int = 7, keep: float = 0.5,
