@@ -1,14 +1,14 @@
-"""``pyexplain models`` and ``pyexplain methods``."""
+"""``pyexplain models`` and ``pyexplain methods``: answered from the static catalogues, without torch."""
 from __future__ import annotations
 
-from ..models import DEFAULT_MODEL, SMALL_MODELS, TORCHVISION_MODELS, weights_status
-from ..registry import list_methods
+from ..model_catalog import DEFAULT_MODEL, SMALL_MODELS, TORCHVISION_MODELS, weights_status
+from ..registry import describe_methods
 from . import app
 
 
 @app.command("models")
 def models_command() -> None:
-    """List the known models and where their ImageNet weights come from here."""
+    """List the models and where their weights come from here."""
     for name in (DEFAULT_MODEL,) + TORCHVISION_MODELS:
         print(f"{name:20s} {weights_status(name)}")
     for name in SMALL_MODELS:
@@ -18,7 +18,7 @@ def models_command() -> None:
 
 @app.command("methods")
 def methods_command() -> None:
-    """List every method with a one-line description, its paper and its cost per image."""
-    for info in list_methods():
-        options = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "-"
-        print(f"{info.name}\n    {info.description}\n    paper: {info.paper}\n    cost: {info.cost}\n    options: {options}")
+    """List the methods: description, paper, cost, options."""
+    for entry in describe_methods():
+        options = ", ".join(f"{k}={v!r}" for k, v in entry.defaults.items()) or "-"
+        print(f"{entry.name}\n    {entry.description}\n    paper: {entry.paper}\n    cost: {entry.cost}\n    options: {options}")
