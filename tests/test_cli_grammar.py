@@ -202,3 +202,17 @@ def test_explain_reads_a_folder_and_writes_json(tmp_path, capsys):
     records = json.loads(stdout)
     assert [r["image"] for r in records] == [str(folder / "blue.png"), str(folder / "red.png")]
     assert (tmp_path / "out" / "red_saliency.npy").is_file()
+
+
+def test_evaluate_counts_images_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    import sys
+
+    argv = ["evaluate", "builtin", "--model", "digits_cnn", "-M", "gradxinput", "--limit", "5", "--metrics", "morf",
+            "--out", tmp_path]
+    code, _, err = run_cli(argv, capsys)  # captured stderr is not a terminal
+    assert code == 0 and "5/5" not in err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0 and "5/5" in err and "img" in err  # counts images (one method here), not methods
+    code, _, err = run_cli(argv + ["--quiet"], capsys)
+    assert code == 0 and "5/5" not in err
