@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .api import explain, model_device
 from .errors import PyExplainError
-from .io import load_image
+from .io import open_image
 from .metrics import (
     complementary_insertion, deletion, insertion, model_randomization, pixel_flipping, pointing_game, relevance_mass, roar,
 )
@@ -109,8 +109,6 @@ def _directory_set(folder: Path, preprocess: Preprocess) -> EvalSet:
 
 def file_set(sources: Sequence[str | Path], preprocess: Preprocess) -> EvalSet:
     """Image files or ``builtin:NAME`` photos, named by their stems; targets: the top-1 classes."""
-    from .io import open_image
-
     names = [str(s).split(":", 1)[1] if str(s).startswith("builtin:") else Path(s).stem for s in sources]
     return EvalSet(torch.cat([preprocess(open_image(s)) for s in sources]), names)
 

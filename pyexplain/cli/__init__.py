@@ -47,7 +47,7 @@ def fail(message: str, code: int = 2) -> None:
 def main(argv: list[str] | None = None) -> None:
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=False, prog_name="pyexplain")
     except PyExplainError as exc:
         fail(" ".join(str(exc).split()))
     except KeyboardInterrupt:

@@ -69,8 +69,8 @@ def compare_command(
 ) -> None:
     """One figure per image: the image and each method's map.
 
-    Red = for the target, blue = against. Without --methods, the fixed-rule methods of a few passes run; --methods all runs every
-    method (the iterative ones take minutes)."""
+    Red = for the target, blue = against. Without --methods, the fixed-rule methods of a few passes
+    run; --methods all runs every method (the iterative ones take minutes)."""
     import sys
 
     import torch

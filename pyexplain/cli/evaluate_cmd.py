@@ -17,7 +17,7 @@ from . import app
 from .images import expand_images
 from .options import (
     BatchSizeOption, DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodsOption, ModelOption,
-    OptionOption, RandomWeightsOption, SeedOption, StdOption, WeightsOption, check_positive, model_spec, out_option,
+    OptionOption, RandomWeightsOption, StdOption, WeightsOption, check_positive, model_spec, out_option,
     parse_methods, parse_options, resolve_device)
 
 if TYPE_CHECKING:
@@ -150,7 +150,8 @@ def evaluate_command(
 ) -> None:
     """Score methods' maps with metrics: a table and a report.
 
-    Prints a table; writes results.csv, summary.json, curves_*.png and report.html. A progress bar on stderr (when it is a terminal) counts the images.
+    Prints a table; writes results.csv, summary.json, curves_*.png and report.html. A progress bar
+    on stderr (when it is a terminal) counts the images.
 
     The roar metric (digits_cnn, synthetic_vgg, synthetic_resnet only) explains the model's whole
     training and test set and retrains the model once per method and fraction: minutes on the digits,

@@ -11,8 +11,8 @@ from ..errors import PyExplainError
 from ..model_catalog import DEFAULT_MODEL
 from . import app
 from .options import (
-    DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodOption, ModelOption, OptionOption,
-    RandomWeightsOption, SeedOption, StdOption, WeightsOption, model_spec, out_option, parse_options, resolve_device)
+    InputSizeOption, LabelsOption, MeanOption, ModelOption, OptionOption, RandomWeightsOption, SeedOption, StdOption,
+    WeightsOption, model_spec, out_option, parse_options, resolve_device)
 
 #: The file suffix of each format when ``--out`` is a folder.
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}

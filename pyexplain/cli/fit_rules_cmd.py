@@ -12,9 +12,8 @@ from ..model_catalog import DEFAULT_MODEL
 from . import app
 from .images import expand_images
 from .options import (
-    BatchSizeOption, DeviceOption, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, ModelOption,
-    OptionOption, RandomWeightsOption, SeedOption, StdOption, WeightsOption, check_positive, model_spec, out_option,
-    parse_options, resolve_device)
+    DeviceOption, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, ModelOption, RandomWeightsOption,
+    SeedOption, StdOption, WeightsOption, check_positive, model_spec, out_option, parse_options, resolve_device)
 
 #: ``-O`` keys accepted by fit-rules (the per-image LPR options that make sense for shared channel rules).
 _LOSS_KEYS = ("gamma", "alpha", "beta", "lam", "mask", "smooth_sigma", "normalize")
