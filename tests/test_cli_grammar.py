@@ -216,3 +216,17 @@ def test_evaluate_counts_images_on_a_terminal_only(tmp_path, capsys, monkeypatch
     assert code == 0 and "5/5" in err and "img" in err  # counts images (one method here), not methods
     code, _, err = run_cli(argv + ["--quiet"], capsys)
     assert code == 0 and "5/5" not in err
+
+
+def test_evaluate_takes_image_files_and_export_takes_an_out_folder(tmp_path, capsys):
+    for name, colour in (("red", (220, 10, 10)), ("blue", (10, 10, 220))):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{name}.png")
+    code, stdout, err = run_cli(["evaluate", tmp_path / "red.png", tmp_path / "blue.png", *TINY, "-M", "saliency",
+                                 "-O", "absolute=False", "--metrics", "morf", "--out", tmp_path / "eval"], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["images"] == ["red", "blue"] and summary["options"] == {"saliency": {"absolute": False}}
+    code, stdout, err = run_cli(["export", *TINY, "-M", "saliency", "--format", "onnx", "--out", tmp_path / "exports"],
+                                capsys)
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "exports").iterdir()] == ["lpr_models_tiny_saliency.onnx"]
