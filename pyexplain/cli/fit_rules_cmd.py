@@ -46,7 +46,7 @@ def fit_rules_command(
     """Fit amortized LPR channel rules over a set of images.
 
     Learns one LPR channel rule per activation call, shared by all images (each explained for its
-    top-1 class), and save it for `pyexplain explain --method lpr --rules FILE`."""
+    top-1 class), and saves them for `pyexplain explain --method lpr --rules FILE`."""
     import torch
 
     from ..api import model_device
