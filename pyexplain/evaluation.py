@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .api import explain, model_device
 from .errors import PyExplainError
-from .io import open_image
+from .io import IMAGE_SUFFIXES, open_image
 from .metrics import (
     complementary_insertion, deletion, insertion, model_randomization, pixel_flipping, pointing_game, relevance_mass, roar,
 )
@@ -40,7 +40,6 @@ METRICS: dict[str, tuple[str, bool]] = {
 CURVE_METRICS = ("morf", "lerf", "insertion", "deletion", "cim")
 #: scikit-image photos used as the builtin set of ImageNet models (ImageNet-like subjects).
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 @dataclass

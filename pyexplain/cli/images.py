@@ -6,8 +6,6 @@ from pathlib import Path
 
 from ..errors import PyExplainError
 
-#: File suffixes taken as images when a folder is expanded.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 #: Suffixes of list files (one image path per line, relative to the list's folder, ``#`` comments).
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
 
@@ -16,6 +14,7 @@ def expand_images(arguments: list[str]) -> list[str]:
     """Each argument in order: a folder → its image files (recursively, sorted), a list file → the paths
     it lists, anything else (a file, ``builtin:NAME``, ``test:N``) → itself."""
     from ..dataset.sources import collect_sources
+    from ..io import IMAGE_SUFFIXES
 
     images: list[str] = []
     for argument in arguments:
