@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .api import explain, model_device
 from .errors import PyExplainError
-from .io import load_image
+from .io import IMAGE_SUFFIXES, open_image
 from .metrics import (
     complementary_insertion, deletion, insertion, model_randomization, pixel_flipping, pointing_game, relevance_mass, roar,
 )
@@ -40,7 +40,6 @@ METRICS: dict[str, tuple[str, bool]] = {
 CURVE_METRICS = ("morf", "lerf", "insertion", "deletion", "cim")
 #: scikit-image photos used as the builtin set of ImageNet models (ImageNet-like subjects).
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -104,7 +103,13 @@ def _directory_set(folder: Path, preprocess: Preprocess) -> EvalSet:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise PyExplainError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return EvalSet(torch.cat([preprocess(load_image(p)) for p in files]), [p.stem for p in files])
+    return file_set(files, preprocess)
+
+
+def file_set(sources: Sequence[str | Path], preprocess: Preprocess) -> EvalSet:
+    """Image files or ``builtin:NAME`` photos, named by their stems; targets: the top-1 classes."""
+    names = [str(s).split(":", 1)[1] if str(s).startswith("builtin:") else Path(s).stem for s in sources]
+    return EvalSet(torch.cat([preprocess(open_image(s)) for s in sources]), names)
 
 
 @dataclass
@@ -143,6 +148,39 @@ def check_metrics(metrics: Sequence[str], data: EvalSet) -> None:
             raise PyExplainError(f"metric {metric!r} needs {what}")
 
 
+#: Images scored per step of :func:`evaluate` (its progress bar advances per step).
+_PROGRESS_IMAGES = 4
+
+
+def _score(model: nn.Module, data: EvalSet, x: Tensor, a: Tensor, targets: Tensor, rows: slice, method: str,
+           metrics: Sequence[str], method_options: dict[str, Any], flip: dict[str, Any], rise: dict[str, Any],
+           batch_size: int) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
+    """Every metric's values ``[n]`` and curves ``(fractions, [n, S])`` for the images ``rows`` of ``data``."""
+    values: dict[str, Tensor] = {}
+    curves: dict[str, tuple[Tensor, Tensor]] = {}
+    for metric in metrics:
+        if metric in ("morf", "lerf"):
+            c = pixel_flipping(model, x, a, targets, order=metric, **flip)
+        elif metric == "insertion":
+            c = insertion(model, x, a, targets, **rise)
+        elif metric == "deletion":
+            c = deletion(model, x, a, targets, **rise)
+        elif metric == "cim":
+            c = complementary_insertion(model, x, a, targets, data.others[rows].to(x.device), **rise)
+        elif metric == "pointing":
+            values[metric] = pointing_game(a, data.regions[rows]).float().cpu()
+            continue
+        elif metric == "mass":
+            values[metric] = relevance_mass(a, data.regions[rows]).cpu()
+            continue
+        else:  # sanity: last layer re-initialized
+            rho = model_randomization(model, x, method, targets, batch_size=batch_size, options=method_options)
+            values[metric] = next(iter(rho.values()))
+            continue
+        values[metric], curves[metric] = c.auc, (c.fractions, c.curve)
+    return values, curves
+
+
 def evaluate(
     model: nn.Module, data: EvalSet, methods: Sequence[str], metrics: Sequence[str], *,
     options: dict[str, dict[str, Any]] | None = None, batch_size: int = 64, flip_steps: int = DEFAULT_STEPS,
@@ -166,8 +204,8 @@ def evaluate(
     result = Evaluation(data, targets.cpu(), list(metrics))
     flip = dict(steps=flip_steps, max_fraction=flip_fraction, batch_size=batch_size)
     rise = dict(pixels_per_step=insertion_pixels_per_step, batch_size=batch_size)
-    bar = tqdm(methods, desc="evaluate", unit="method", file=sys.stderr, disable=not progress)
-    for method in bar:
+    bar = tqdm(total=len(methods) * len(x), desc="evaluate", unit="img", file=sys.stderr, disable=not progress)
+    for method in methods:
         bar.set_postfix_str(method)
         method_options = (options or {}).get(method, {})
         start = time.perf_counter()
@@ -175,33 +213,20 @@ def evaluate(
             e = explain(model, x, method, target=targets.tolist(), batch_size=batch_size, **method_options)
         except PyExplainError as exc:
             result.errors[method] = " ".join(str(exc).split())
+            bar.update(len(x))
             continue
         result.seconds[method] = time.perf_counter() - start
-        a = e.attribution
         result.maps[method] = e.map.cpu()
-        values: dict[str, Tensor] = {}
-        curves: dict[str, tuple[Tensor, Tensor]] = {}
-        for metric in metrics:
-            if metric in ("morf", "lerf"):
-                c = pixel_flipping(model, x, a, targets, order=metric, **flip)
-            elif metric == "insertion":
-                c = insertion(model, x, a, targets, **rise)
-            elif metric == "deletion":
-                c = deletion(model, x, a, targets, **rise)
-            elif metric == "cim":
-                c = complementary_insertion(model, x, a, targets, data.others.to(x.device), **rise)
-            elif metric == "pointing":
-                values[metric] = pointing_game(a, data.regions).float().cpu()
-                continue
-            elif metric == "mass":
-                values[metric] = relevance_mass(a, data.regions).cpu()
-                continue
-            else:  # sanity: last layer re-initialized
-                rho = model_randomization(model, x, method, targets, batch_size=batch_size, options=method_options)
-                values[metric] = next(iter(rho.values()))
-                continue
-            values[metric], curves[metric] = c.auc, (c.fractions, c.curve)
-        result.values[method], result.curves[method] = values, curves
+        chunks = []
+        for first in range(0, len(x), _PROGRESS_IMAGES):  # a few images at a time, for the progress bar
+            rows = slice(first, first + _PROGRESS_IMAGES)
+            chunks.append(_score(model, data, x[rows], e.attribution[rows], targets[rows], rows, method, metrics,
+                                 method_options, flip, rise, batch_size))
+            bar.update(len(x[rows]))
+        result.values[method] = {k: torch.cat([values[k] for values, _ in chunks]) for k in chunks[0][0]}
+        result.curves[method] = {k: (chunks[0][1][k][0], torch.cat([curves[k][1] for _, curves in chunks]))
+                                 for k in chunks[0][1]}
+    bar.close()
     return result
 
 

@@ -113,6 +113,8 @@ def save_png(path: str | os.PathLike, image: Image.Image) -> Path:
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+#: File suffixes taken as images when a folder is searched for images.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 #: Photos bundled with scikit-image, usable as ``builtin:NAME`` wherever an image path is accepted.
 BUILTIN_IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
 

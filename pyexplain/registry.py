@@ -1,16 +1,22 @@
 """The method registry: each method module registers its function with a description, its paper
-and its cost, and :func:`pyexplain.explain` dispatches on the name."""
+and its cost, and :func:`pyexplain.explain` dispatches on the name.
+
+:func:`describe_methods` and :func:`check_method_names` answer from the static catalogue
+(:mod:`pyexplain.method_catalog`) without importing any method, torch or torchvision."""
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, NamedTuple, Union
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, NamedTuple, Union
 
 from .errors import PyExplainError
+from .method_catalog import METHODS, MethodEntry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class MethodResult(NamedTuple):
@@ -82,3 +88,17 @@ def get_method(name: str) -> MethodInfo:
 def list_methods() -> list[MethodInfo]:
     _load_all()
     return [_METHODS[n] for n in sorted(_METHODS)]
+
+
+def describe_methods() -> list[MethodEntry]:
+    """Every method's name, description, paper, cost and option defaults, sorted by name (no method imported)."""
+    return [METHODS[name] for name in sorted(METHODS)]
+
+
+def check_method_names(names: Iterable[str]) -> None:
+    """Raise :class:`PyExplainError` for the first name that is not a method, naming the closest ones."""
+    for name in names:
+        if name not in METHODS:
+            close = difflib.get_close_matches(name, list(METHODS), n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise PyExplainError(f"unknown method {name!r}; {hint}available: {', '.join(sorted(METHODS))}")

@@ -42,9 +42,10 @@ def test_evaluate_localization_and_cim_on_two_class_images(tmp_path, capsys):
     (["--metrics", "pointing"], "needs ground-truth regions"),
     (["--metrics", "cim"], "several true classes"),
     (["--methods", "no_such_method"], "unknown method"),
-    (["--images", "/no/such/dir"], "neither"),
+    (["--images", "/no/such/dir"], "no such image file, folder or list file"),
+    (["/no/such/dir"], "no such image file, folder or list file"),
     (["--images", "builtin:two_class"], "synthetic models only"),
-    (["-O", "gradxinput.steps=3", "--methods", "saliency"], "not in --methods"),
+    (["-O", "gradxinput.steps=3", "--methods", "saliency"], "which is not chosen"),
     (["--metrics", "roar", "--roar-fractions", "0.5,2"], "--roar-fractions"),
     (["--metrics", "roar", "--roar-epochs", "0"], "--roar-epochs"),
     (["--metrics", "roar", "--roar-fill", "zero"], "--roar-fill"),
@@ -101,3 +102,22 @@ def test_evaluate_roar_refuses_models_it_cannot_retrain(tmp_path, capsys):
     code, _, err = run_cli(["evaluate", "--model", "efficientnet_lite0", "--metrics", "roar", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "works for digits_cnn, synthetic_vgg, synthetic_resnet only" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_scores_a_few_images_at_a_time_as_one_batch_would():
+    """evaluate() scores images in steps (for its progress bar): the values and curves equal the
+    metrics computed on all images in one call."""
+    import torch
+
+    import pyexplain
+    from pyexplain.evaluation import evaluate, load_eval_set
+    from pyexplain.metrics import insertion, pixel_flipping
+
+    net, preprocess = pyexplain.load_model("digits_cnn")
+    data = load_eval_set("digits_cnn", preprocess, "builtin", 7)
+    result = evaluate(net, data, ["gradxinput"], ["morf", "insertion"], insertion_pixels_per_step=16, progress=False)
+    a = pyexplain.explain(net, data.x, "gradxinput", target=data.targets.tolist()).attribution
+    for metric, whole in (("morf", pixel_flipping(net, data.x, a, data.targets, order="morf")),
+                          ("insertion", insertion(net, data.x, a, data.targets, pixels_per_step=16))):
+        torch.testing.assert_close(result.values["gradxinput"][metric], whole.auc, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(result.curves["gradxinput"][metric][1], whole.curve, rtol=1e-4, atol=1e-5)

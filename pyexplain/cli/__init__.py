@@ -1,4 +1,6 @@
-"""The ``pyexplain`` command line (Typer). Each command lives in its own module in this package.
+"""The ``pyexplain`` command line (Typer). Each command lives in its own module in this package;
+the modules import torch and the rest of the library inside the command functions, so ``--help``,
+``methods`` and ``models`` start without torch.
 
 :func:`main` turns every :class:`PyExplainError` and usage error into one line on stderr and a
 non-zero exit (2); an unexpected exception prints one line too (exit 1), with the traceback only
@@ -25,9 +27,15 @@ app = typer.Typer(
 )
 
 
+#: Command modules in the order ``pyexplain --help`` lists their commands; others found here follow.
+COMMAND_MODULES = ("explain_cmd", "dataset_cmd", "compare_cmd", "evaluate_cmd", "fit_rules_cmd", "export_cmd",
+                   "info_cmd", "info_backend_cmd", "data_cmd")
+
+
 def _register_commands() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_cmd"))
+    for name in [m for m in COMMAND_MODULES if m in found] + [m for m in found if m not in COMMAND_MODULES]:
+        importlib.import_module(f"{__name__}.{name}")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -39,7 +47,7 @@ def fail(message: str, code: int = 2) -> None:
 def main(argv: list[str] | None = None) -> None:
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=False, prog_name="pyexplain")
     except PyExplainError as exc:
         fail(" ".join(str(exc).split()))
     except KeyboardInterrupt:

@@ -1,27 +1,30 @@
-"""``pyexplain compare IMG --model M --methods all``: one figure, the image and every method's map."""
+"""``pyexplain compare IMAGE... --model M --methods a,b``: one figure per image, the image and each method's map."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
-import torch
-import typer
-
-from .. import explain
 from ..errors import PyExplainError
-from ..evaluation import display_images, load_eval_set
-from ..io import atomic_write, open_image
-from ..models import DEFAULT_MODEL, SMALL_MODELS, load_model
-from ..plots import compare_figure
-from ..registry import get_method
+from ..model_catalog import DEFAULT_MODEL, SMALL_MODELS
+from ..registry import describe_methods
 from . import app
-from .evaluate_cmd import parse_methods, parse_per_method_options
+from .images import expand_images, output_stems
 from .options import (
-    DeviceOption, ModelOption, PerMethodOptions, SeedOption, WeightsOption, resolve_device)
+    BatchSizeOption, DeviceOption, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, MethodsOption,
+    ModelOption, OptionOption, RandomWeightsOption, SeedOption, StdOption, TargetOption, WeightsOption, model_spec,
+    check_positive, out_option, parse_methods, parse_options, resolve_device)
 
 
-def load_one(source: str, model: str, preprocess) -> torch.Tensor:
-    """``test:N`` (the N-th builtin test image of a small model), ``builtin:NAME`` or a file."""
+def cheap_methods() -> list[str]:
+    """The fixed-rule methods whose cost is a fixed, small number of passes: ``compare``'s default."""
+    return [entry.name for entry in describe_methods() if entry.fixed_cost]
+
+
+def load_one(source: str, model: str, preprocess):
+    """``test:N`` (the N-th builtin test image of a small model), ``builtin:NAME`` or a file, as a batch of one."""
+    from ..evaluation import load_eval_set
+    from ..io import open_image
+
     if source.startswith("test:"):
         if model not in SMALL_MODELS:
             raise PyExplainError("test:N images exist for the small models only (digits_cnn, synthetic_vgg, synthetic_resnet)")
@@ -35,46 +38,87 @@ def load_one(source: str, model: str, preprocess) -> torch.Tensor:
     return preprocess(open_image(source))
 
 
+def output_paths(images: list[str], out: Path) -> list[Path]:
+    """``--out x.png`` for one image; otherwise ``--out`` is a folder of ``<stem>_compare.png``."""
+    if out.suffix.lower() == ".png" and not out.is_dir():
+        if len(images) > 1:
+            raise PyExplainError(f"--out {str(out)!r} is one file, but {len(images)} images are compared: give a folder")
+        return [out]
+    if out.suffix and not out.is_dir():
+        raise PyExplainError(f"--out must be a .png file or a folder, got {str(out)!r}")
+    return [out / f"{stem}.png" for stem in output_stems(images, "compare")]
+
+
 @app.command("compare")
 def compare_command(
-    image: str = typer.Argument(..., help="Image file, builtin:NAME (skimage photo) or test:N (small models)."),
+    images: ImagesArgument,
     model: ModelOption = DEFAULT_MODEL,
-    methods: str = typer.Option("all", "--methods", help="Comma-separated methods, or 'all'."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Class index or name (default: top-1)."),
-    out: Path = typer.Option(Path("compare.png"), "--out", "-o", help="Output PNG."),
+    methods: MethodsOption = None,
+    option: OptionOption = [],
+    target: TargetOption = None,
+    out: Annotated[Path, out_option("A .png file (one image) or a folder of <stem>_compare.png.")] = Path("pyexplain-out"),
+    batch_size: BatchSizeOption = 8,
     device: DeviceOption = "auto",
-    weights: WeightsOption = None,
-    option: PerMethodOptions = [],
     seed: SeedOption = 0,
+    weights: WeightsOption = None,
+    random_weights: RandomWeightsOption = False,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    labels: LabelsOption = None,
 ) -> None:
-    """Write one figure: the image, then each method's map with its colour bar (signed maps: red = for
-    the target, blue = against; non-negative maps: brighter = more relevant)."""
+    """One figure per image: the image and each method's map with its colour bar.
+
+    Signed maps: red = for the target, blue = against; non-negative maps: brighter = more relevant.
+    Without --methods, the fixed-rule methods of a few passes run; --methods all runs every method
+    (the iterative ones take minutes)."""
+    import sys
+
+    import torch
+
+    from .. import explain
+    from ..evaluation import display_images
+    from ..io import atomic_write
+    from ..plots import compare_figure
+    from ..registry import get_method
     from ..visualize import title_line  # matplotlib: only when drawing
 
-    names = parse_methods(methods)
-    per_method = parse_per_method_options(option, names)
-    if out.suffix.lower() != ".png":
-        raise PyExplainError(f"--out must be a .png file, got {str(out)!r}")
+    names = parse_methods(methods, cheap_methods())
+    per_method = parse_options(option, names)
+    check_positive(batch_size, "--batch-size")
+    images = expand_images(images)
+    paths = output_paths(images, out)
     torch.manual_seed(seed)
-    net, preprocess = load_model(model, weights, resolve_device(device))
-    x = load_one(image, model, preprocess)
-    t = preprocess.class_index(target) if target is not None else None
-    maps, signs, failed, probability = {}, {}, [], 0.0
+    net, preprocess = model_spec(model, weights, random_weights, input_size, mean, std, labels).load(
+        resolve_device(device))
+    x = torch.cat([load_one(image, model, preprocess) for image in images])
+    target_index = preprocess.class_index(target) if target is not None else None
+    if methods is None:
+        print(f"note: running the fixed-rule methods {', '.join(names)}; --methods all runs every method, "
+              "--methods a,b the ones named", file=sys.stderr)
+    maps, signs, failed, targets, probabilities = {}, {}, [], None, None
     for name in names:
         try:
-            result = explain(net, x, name, target=t, progress=True, **per_method.get(name, {}))
+            rows = [explain(net, x[start:start + batch_size], name, progress=True, **per_method.get(name, {}),
+                            target=target_index if targets is None else targets[start:start + batch_size].tolist())
+                    for start in range(0, len(x), batch_size)]
         except PyExplainError as exc:
             failed.append(f"{name}: {' '.join(str(exc).split())}")
             continue
-        maps[name] = result.map[0].cpu()
+        maps[name] = torch.cat([r.map.cpu() for r in rows])
         signs[name] = get_method(name).map_sign(per_method.get(name, {}))
-        t = int(result.targets[0])
-        probability = float(result.logits[0].float().softmax(0)[t])
+        if targets is None:  # every method explains the class the first one chose
+            targets = torch.cat([r.targets.cpu() for r in rows])
+            logits = torch.cat([r.logits.float().cpu() for r in rows])
+            probabilities = logits.softmax(1).gather(1, targets[:, None])[:, 0]
     if not maps:
         raise PyExplainError("no method could be run: " + "; ".join(failed))
-    title = title_line(model, "", t, preprocess.label(t), probability, image.removeprefix("builtin:"))
-    png = compare_figure(display_images(x, preprocess)[0], maps, signs, title)
-    atomic_write(out, lambda tmp: tmp.write_bytes(png))
+    display = display_images(x, preprocess)
+    for i, (image, path) in enumerate(zip(images, paths)):
+        t = int(targets[i])
+        title = title_line(model, "", t, preprocess.label(t), float(probabilities[i]), image.removeprefix("builtin:"))
+        png = compare_figure(display[i], {name: m[i] for name, m in maps.items()}, signs, title)
+        atomic_write(path, lambda tmp, png=png: tmp.write_bytes(png))
     for line in failed:
         print(f"note: not run: {line}")
-    print(f"wrote {out}")
+    print("wrote " + ", ".join(str(p) for p in paths))

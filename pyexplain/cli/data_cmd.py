@@ -4,33 +4,43 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
-from PIL import Image
 
-from ..data.cache import cache_dir
-from ..data.training import accuracy
 from ..errors import PyExplainError
-from ..io import atomic_write, save_png
-from ..models import SMALL_MODELS
+from ..model_catalog import SMALL_MODELS
 from . import app
+from .options import out_option
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 DATASETS = ("digits", "synthetic", "synthetic_two_class")
 
 
 def _to_png(image: np.ndarray) -> Image.Image:
+    import numpy as np
+    from PIL import Image
+
     return Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
 
 
 @app.command("data")
 def data_command(
-    name: str = typer.Argument(..., help=f"One of: {', '.join(DATASETS)}."),
-    n: int = typer.Option(16, "--n", "-n", help="Number of images."),
-    seed: int = typer.Option(0, "--seed", help="Seed (synthetic images; the digits split)."),
-    out: Path = typer.Option(Path("pyexplain-data"), "--out", "-o", help="Output directory."),
+    name: Annotated[str, typer.Argument(metavar="NAME", help=f"One of: {', '.join(DATASETS)}.", show_default=False)],
+    n: Annotated[int, typer.Option("--n", "-n", metavar="INT", help="Number of images.")] = 16,
+    seed: Annotated[int, typer.Option("--seed", metavar="INT", help="Seed of the synthetic images and the digits split.")] = 0,
+    out: Annotated[Path, out_option("Output folder.")] = Path("pyexplain-data"),
 ) -> None:
-    """Write NAME_i.png images (synthetic: also NAME_i_region.png evidence masks) and labels.json."""
+    """Write sample images (and evidence masks) of a dataset.
+
+    NAME_i.png images (synthetic: also NAME_i_region.png evidence masks) and labels.json."""
+    import numpy as np
+
+    from ..io import atomic_write, save_png
+
     if name not in DATASETS:
         raise PyExplainError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     if n < 1:
@@ -57,11 +67,16 @@ def data_command(
 
 @app.command("train")
 def train_command(
-    model: str = typer.Argument(..., help=f"One of: {', '.join(SMALL_MODELS)}."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the initialization and the batches."),
-    retrain: bool = typer.Option(False, "--retrain", help="Train again even if a cached model exists."),
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=f"One of: {', '.join(SMALL_MODELS)}.", show_default=False)],
+    seed: Annotated[int, typer.Option("--seed", metavar="INT", help="Seed of the split, the initialization and the batches.")] = 0,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if a cached model exists.")] = False,
 ) -> None:
-    """Train a small model (deterministic from --seed; cached) and print its test accuracy."""
+    """Train a small model (or load it); print its accuracy.
+
+    Training is deterministic given --seed; the model is cached."""
+    from ..data.cache import cache_dir
+    from ..data.training import accuracy
+
     if model not in SMALL_MODELS:
         raise PyExplainError(f"unknown small model {model!r}; available: {', '.join(SMALL_MODELS)}")
     if model == "digits_cnn":

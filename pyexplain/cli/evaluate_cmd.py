@@ -5,52 +5,39 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import torch
 import typer
 
 from ..errors import PyExplainError
-from ..evaluation import CURVE_METRICS, METRICS, Evaluation, display_images, evaluate, evaluate_roar, load_eval_set
-from ..metrics.roar import DEFAULT_FRACTIONS, FILLS
-from ..html_report import render
-from ..io import atomic_write
-from ..models import DEFAULT_MODEL, load_model
-from ..plots import curve_plot
-from ..registry import get_method, list_methods
+from ..model_catalog import DEFAULT_MODEL
 from . import app
+from .images import expand_images
 from .options import (
-    DeviceOption, PerMethodOptions, WeightsOption, parse_method_options, resolve_device)
+    BatchSizeOption, DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodsOption, ModelOption,
+    OptionOption, RandomWeightsOption, StdOption, WeightsOption, check_positive, model_spec, out_option,
+    parse_methods, parse_options, resolve_device)
 
+if TYPE_CHECKING:
+    import torch
+
+    from ..evaluation import Evaluation
+
+DEFAULT_METHODS = ["gradxinput", "saliency"]
 DEFAULT_METRICS = "morf,lerf,insertion,deletion"
-
-
-def parse_methods(text: str) -> list[str]:
-    """``all`` or a comma-separated list of registered methods (each checked)."""
-    names = [info.name for info in list_methods()] if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise PyExplainError("--methods is empty")
-    for name in names:
-        get_method(name)
-    return names
-
-
-def parse_per_method_options(pairs: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """``["gradcam.layer=features.3"]`` → ``{"gradcam": {"layer": "features.3"}}``."""
-    options: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        method, dot, rest = pair.partition(".")
-        if not dot or "=" in method:
-            raise PyExplainError(f"option {pair!r} is not METHOD.KEY=VALUE")
-        if method not in methods:
-            raise PyExplainError(f"option {pair!r} names method {method!r}, which is not in --methods")
-        options.setdefault(method, {}).update(parse_method_options([rest]))
-    return options
+#: Metric names, known without importing the metrics (checked against pyexplain.evaluation.METRICS by the tests).
+METRIC_NAMES = ("morf", "lerf", "insertion", "deletion", "pointing", "mass", "cim", "sanity", "roar")
+BUILTIN_SETS = ("builtin", "builtin:two_class")
+#: pyexplain.metrics.roar.DEFAULT_FRACTIONS, as --roar-fractions' default (checked by the tests).
+ROAR_FRACTIONS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 
 
 def format_table(evaluation: Evaluation) -> str:
     """Plain-text methods × metrics means (arrows: which direction is better)."""
+    from ..evaluation import METRICS
+
     metrics = evaluation.metrics
     head = f"{'method':24s}" + "".join(f"{k + (' ↑' if METRICS[k][1] else ' ↓'):>12s}" for k in metrics) + f"{'seconds':>10s}"
     lines = [head]
@@ -87,6 +74,13 @@ def write_outputs(evaluation: Evaluation, out: Path, display: torch.Tensor, titl
                   label=None, roar_results: dict[str, dict[float, float]] | None = None) -> list[Path]:
     """CSV (one row per method, image, metric), JSON summary, one PNG per curve metric, HTML report;
     with ROAR results also roar.csv (method, fraction, accuracy) and curves_roar.png."""
+    import torch
+
+    from ..evaluation import CURVE_METRICS
+    from ..html_report import render
+    from ..io import atomic_write
+    from ..plots import curve_plot
+
     written = []
 
     def write_csv(tmp: Path) -> None:
@@ -122,33 +116,57 @@ def write_outputs(evaluation: Evaluation, out: Path, display: torch.Tensor, titl
 
 @app.command("evaluate")
 def evaluate_command(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name (e.g. digits_cnn, synthetic_vgg)."),
-    methods: str = typer.Option("gradxinput,saliency", "--methods", help="Comma-separated methods, or 'all'."),
-    images: str = typer.Option("builtin", "--images", help="'builtin', 'builtin:two_class' (synthetic models) or a directory."),
-    metrics: str = typer.Option(DEFAULT_METRICS, "--metrics", help=f"Comma-separated, from: {', '.join(METRICS)}."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most this many images (builtin small-model sets: 32)."),
-    out: Path = typer.Option(Path("pyexplain-eval"), "--out", "-o", help="Output directory."),
+    images: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[IMAGE...]", help="builtin (the model's own test images, default), builtin:two_class (synthetic "
+        "models), or image files, builtin:NAME photos, folders and .txt list files.", show_default=False)] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    methods: MethodsOption = None,
+    option: OptionOption = [],
+    metrics: Annotated[str, typer.Option(
+        "--metrics", metavar="LIST", help=f"Comma-separated, from: {', '.join(METRIC_NAMES)}.")] = DEFAULT_METRICS,
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", "-n", metavar="INT", help="At most this many images (builtin small-model sets: 32).")] = None,
+    out: Annotated[Path, out_option("Output folder: results.csv, summary.json, curves_*.png, report.html.")] = Path("pyexplain-eval"),
+    batch_size: BatchSizeOption = 64,
     device: DeviceOption = "auto",
+    seed: Annotated[int, typer.Option("--seed", metavar="INT", help="Seed for torch's random numbers and the synthetic images.")] = 0,
     weights: WeightsOption = None,
-    option: PerMethodOptions = [],
-    batch_size: int = typer.Option(64, "--batch-size", help="Rows per forward pass."),
-    flip_steps: int = typer.Option(20, "--flip-steps", help="MoRF/LeRF steps up to 5% of the image."),
-    insertion_step: Optional[int] = typer.Option(None, "--insertion-step", help="Pixels per insertion/deletion step (default: 224 at 224x224, scaled)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for torch's RNG and the synthetic images."),
-    roar_fill: str = typer.Option("linear", "--roar-fill", help="ROAR removal: 'linear' (ROAD's noisy linear imputation) or 'mean'."),
-    roar_fractions: str = typer.Option(",".join(str(f) for f in DEFAULT_FRACTIONS), "--roar-fractions", help="ROAR: fractions removed, one retraining each."),
-    roar_epochs: Optional[int] = typer.Option(None, "--roar-epochs", help="ROAR: training epochs (default: the model's own recipe)."),
+    random_weights: RandomWeightsOption = False,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    labels: LabelsOption = None,
+    flip_steps: Annotated[int, typer.Option("--flip-steps", metavar="INT", help="MoRF/LeRF steps up to 5% of the image.")] = 20,
+    insertion_step: Annotated[Optional[int], typer.Option(
+        "--insertion-step", metavar="INT", help="Pixels per insertion/deletion step (default: 224 at 224x224, scaled).")] = None,
+    roar_fill: Annotated[str, typer.Option(
+        "--roar-fill", metavar="NAME", help="ROAR removal: linear (ROAD's noisy linear imputation) or mean.")] = "linear",
+    roar_fractions: Annotated[str, typer.Option(
+        "--roar-fractions", metavar="FLOATS", help="ROAR: fractions removed, one retraining each.")] = ROAR_FRACTIONS,
+    roar_epochs: Annotated[Optional[int], typer.Option(
+        "--roar-epochs", metavar="INT", help="ROAR: training epochs (default: the model's own recipe).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
+    images_option: Annotated[Optional[str], typer.Option("--images", hidden=True)] = None,
 ) -> None:
-    """Score methods' maps with the metrics; print a table, write results.csv, summary.json, curves_*.png, report.html.
+    """Score methods' maps with metrics: a table and a report.
 
-    ``roar`` (digits_cnn, synthetic_vgg, synthetic_resnet only) explains the model's whole training and
-    test set and retrains the model once per method and fraction: minutes on the digits, longer on the
-    synthetic models (shorten with --roar-epochs / --roar-fractions)."""
-    method_names = parse_methods(methods)
+    Prints a table; writes results.csv, summary.json, curves_*.png and report.html. A progress bar
+    on stderr (when it is a terminal) counts the images.
+
+    The roar metric (digits_cnn, synthetic_vgg, synthetic_resnet only) explains the model's whole
+    training and test set and retrains the model once per method and fraction: minutes on the digits,
+    longer on the synthetic models (shorten with --roar-epochs / --roar-fractions)."""
+    import torch
+
+    from ..evaluation import display_images, evaluate, evaluate_roar, file_set, load_eval_set
+    from ..metrics.roar import FILLS
+
+    sources = images or ([images_option] if images_option else ["builtin"])
+    method_names = parse_methods(methods, DEFAULT_METHODS)
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()]
-    per_method = parse_per_method_options(option, method_names)
-    if limit is not None and limit < 1:
-        raise PyExplainError(f"--limit must be at least 1, got {limit}")
+    per_method = parse_options(option, method_names)
+    check_positive(limit, "--limit")
+    check_positive(batch_size, "--batch-size")
     with_roar = "roar" in metric_names
     if with_roar:
         from ..data.small_models import check_roar_model
@@ -160,11 +178,15 @@ def evaluate_command(
         if roar_epochs is not None and roar_epochs < 1:
             raise PyExplainError(f"--roar-epochs must be at least 1, got {roar_epochs}")
     per_image = [m for m in metric_names if m != "roar"]
+    progress = not quiet and sys.stderr.isatty()
+    files = None if len(sources) == 1 and sources[0] in BUILTIN_SETS else expand_images(sources)
     torch.manual_seed(seed)
-    net, preprocess = load_model(model, weights, resolve_device(device))
-    data = load_eval_set(model, preprocess, images, limit, seed)
+    net, preprocess = model_spec(model, weights, random_weights, input_size, mean, std, labels).load(
+        resolve_device(device))
+    data = load_eval_set(model, preprocess, sources[0], limit, seed) if files is None else \
+        file_set(files[:limit] if limit else files, preprocess)
     result = evaluate(net, data, method_names, per_image, options=per_method, batch_size=batch_size,
-                      flip_steps=flip_steps, insertion_pixels_per_step=insertion_step)
+                      flip_steps=flip_steps, insertion_pixels_per_step=insertion_step, progress=progress)
     if not result.values:
         raise PyExplainError("no method could be run: " + "; ".join(f"{m}: {r}" for m, r in result.errors.items()))
     print(format_table(result))
@@ -172,12 +194,12 @@ def evaluate_command(
     if with_roar:
         roar_results, roar_errors = evaluate_roar(net, model, list(result.values), options=per_method,
                                                   fractions=fractions, fill=roar_fill, epochs=roar_epochs, seed=seed,
-                                                  batch_size=batch_size)
+                                                  batch_size=batch_size, progress=progress)
         print(format_roar(roar_results, roar_errors))
-    settings = {"model": model, "images_source": images, "methods": method_names, "metrics": metric_names,
+    settings = {"model": model, "images_source": " ".join(sources), "methods": method_names, "metrics": metric_names,
                 "flip_steps": flip_steps, "insertion_step": insertion_step, "seed": seed, "options": per_method}
     if with_roar:
         settings.update(roar_fill=roar_fill, roar_fractions=fractions, roar_epochs=roar_epochs)
-    title = f"{model} on {images} ({len(data.names)} images)"
+    title = f"{model} on {' '.join(sources)} ({len(data.names)} images)"
     written = write_outputs(result, out, display_images(data.x, preprocess), title, settings, preprocess.label, roar_results)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -1,32 +1,29 @@
-"""``pyexplain explain IMG... --model M --method X``: heatmap PNGs and raw maps for image files."""
+"""``pyexplain explain IMAGE... --model M --method X``: heatmap PNGs and raw maps for images."""
 from __future__ import annotations
 
 import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
-import numpy as np
-import torch
 import typer
-from tqdm import tqdm
 
-from .. import explain as run_explain
 from ..errors import PyExplainError
-from ..io import open_image, save_npy, save_png
-from ..methods._lpr_rules import load_rules
-from ..models import DEFAULT_MODEL
-from ..registry import get_method
+from ..model_catalog import DEFAULT_MODEL
+from ..registry import check_method_names
 from . import app
+from .images import expand_images, output_stems
 from .options import (
-    DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption,
-    RandomWeightsOption, SeedOption, StdOption, WeightsOption, model_spec, parse_method_options,
-    resolve_device)
+    BatchSizeOption, DeviceOption, check_positive, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, MethodOption,
+    ModelOption, OptionOption, RandomWeightsOption, SeedOption, StdOption, TargetOption, WeightsOption, model_spec,
+    out_option, parse_options, resolve_device)
 
 
 def lpr_rules_for(method: str, path: Path, model: str) -> dict:
     """The rules file for ``--rules``: LPR only, read safely, fitted on the same model name."""
+    from ..methods._lpr_rules import load_rules
+
     if method != "lpr":
         raise PyExplainError(f"--rules applies to --method lpr, not {method!r}")
     loaded = load_rules(path)
@@ -49,46 +46,52 @@ def _display_name(source: str) -> str:
     return source.split(":", 1)[1] if source.startswith("builtin:") else Path(source).name
 
 
-def _output_stems(sources: list[str], method: str) -> list[str]:
-    stems, seen = [], set()
-    for source in sources:
-        stem = f"{Path(_display_name(source)).stem}_{method}"
-        candidate, k = stem, 1
-        while candidate in seen:
-            k += 1
-            candidate = f"{stem}_{k}"
-        seen.add(candidate)
-        stems.append(candidate)
-    return stems
-
-
 @app.command("explain")
 def explain_command(
-    images: list[str] = typer.Argument(..., help="Image files (JPEG, PNG, ...) or builtin:NAME (e.g. builtin:chelsea)."),
+    images: ImagesArgument,
     model: ModelOption = DEFAULT_MODEL,
-    method: str = typer.Option("gradxinput", "--method", help="Attribution method (see `pyexplain methods`)."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Class index or name (default: top-1)."),
-    out: Path = typer.Option(Path("pyexplain-out"), "--out", "-o", help="Output directory."),
+    method: MethodOption = "gradxinput",
+    option: OptionOption = [],
+    target: TargetOption = None,
+    out: Annotated[Path, out_option("Output folder: <stem>_<method>.png and .npy per image.")] = Path("pyexplain-out"),
+    batch_size: BatchSizeOption = 8,
     device: DeviceOption = "auto",
-    as_json: bool = typer.Option(False, "--json", help="Print predictions, target and written paths as JSON."),
+    seed: SeedOption = 0,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
     labels: LabelsOption = None,
-    option: MethodOptions = [],
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
-    seed: SeedOption = 0,
-    rules: Optional[Path] = typer.Option(None, "--rules", help="LPR rules file from `pyexplain fit-rules` (--method lpr): a fixed rule, 1 forward + 1 backward."),
-    view: View = typer.Option(View.image, "--view", help="PNG: 'image' = the whole image at its own resolution (a centre crop framed), 'model' = the resized/cropped image the model saw."),
-    layout: Layout = typer.Option(Layout.side_by_side, "--layout", help="PNG: 'side-by-side' = the image, then the map; 'overlay' = the map over a faded copy of the image."),
+    rules: Annotated[Optional[Path], typer.Option(
+        "--rules", metavar="PATH", help="LPR rules file from `pyexplain fit-rules` (--method lpr): a fixed rule, "
+        "1 forward + 1 backward.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print predictions, target and written paths as JSON.")] = False,
+    view: Annotated[View, typer.Option(
+        "--view", help="PNG: 'image' = the whole image at its own resolution (a centre crop framed), "
+        "'model' = the resized/cropped image the model saw.")] = View.image,
+    layout: Annotated[Layout, typer.Option(
+        "--layout", help="PNG: 'side-by-side' = the image, then the map; 'overlay' = the map over a faded copy "
+        "of the image.")] = Layout.side_by_side,
 ) -> None:
-    """Write a figure PNG (the map with its colour bar and a title) and the raw map (.npy) per image."""
+    """Figure PNG and raw map (.npy) per image.
+
+    The PNG shows the image and the map with its colour bar and a title (signed maps: red = for the
+    target, blue = against; non-negative maps: brighter = more relevant)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .. import explain as run_explain
+    from ..io import open_image, save_npy, save_png
+    from ..registry import get_method
     from ..visualize import explanation_image, model_picture, sign_of, title_line  # matplotlib: only when drawing
 
+    check_method_names([method])
+    options = parse_options(option, [method]).get(method, {})
+    check_positive(batch_size, "--batch-size")
+    images = expand_images(images)
     info = get_method(method)
-    options = parse_method_options(option)
     if rules is not None:
         options["rules"] = lpr_rules_for(method, rules, model)
     torch.manual_seed(seed)
@@ -99,7 +102,7 @@ def explain_command(
     pictures = [open_image(source, notes.append) for source in images]  # every input checked before any output
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    stems = _output_stems(images, method)
+    stems = output_stems(images, method)
     sign = info.map_sign(options)
     records = []
     bar = tqdm(total=len(pictures), desc=method, unit="img", disable=len(pictures) < 2, file=sys.stderr)

@@ -1,64 +1,79 @@
-"""``pyexplain fit-rules IMAGES... --model M --out rules.pt``: amortized LPR channel rules over a set of images."""
+"""``pyexplain fit-rules IMAGE... --model M --out rules.pt``: amortized LPR channel rules over a set of images."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
-import torch
 import typer
 
-from ..api import model_device
 from ..errors import PyExplainError
-from ..io import open_image
-from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_choice
-from ..methods._lpr_rules import fit_rules, rule_summary, save_rules
-from ..models import DEFAULT_MODEL
+from ..model_catalog import DEFAULT_MODEL
 from . import app
+from .images import expand_images
 from .options import (
-    DeviceOption, InputSizeOption, MeanOption, ModelOption, RandomWeightsOption, SeedOption, StdOption,
-    WeightsOption, model_spec, parse_method_options, resolve_device)
+    DeviceOption, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, ModelOption, RandomWeightsOption,
+    SeedOption, StdOption, WeightsOption, check_positive, model_spec, out_option, parse_options, resolve_device)
 
 #: ``-O`` keys accepted by fit-rules (the per-image LPR options that make sense for shared channel rules).
 _LOSS_KEYS = ("gamma", "alpha", "beta", "lam", "mask", "smooth_sigma", "normalize")
 _RULE_KEYS = ("variant", "reference", "keep_activation_mask", "head", "init")
+#: The file written when ``--out`` is a folder.
+RULES_FILE = "lpr_rules.pt"
 
 
 @app.command("fit-rules")
 def fit_rules_command(
-    images: list[str] = typer.Argument(..., help="Image files or builtin:NAME photos to fit the rules on."),
-    out: Path = typer.Option(..., "--out", "-o", help="Rules file to write (e.g. rules.pt)."),
+    images: ImagesArgument,
+    out: Annotated[Path, out_option(f"Rules file to write (e.g. rules.pt), or a folder for {RULES_FILE}.")] = Path(RULES_FILE),
     model: ModelOption = DEFAULT_MODEL,
-    iterations: int = typer.Option(50, "--iterations", help="Adam steps over the whole set."),
-    lr: float = typer.Option(0.2, "--lr", help="Adam learning rate."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per chunk (more images: chunks are recomputed each step)."),
-    option: list[str] = typer.Option([], "--option", "-O", help=f"LPR option KEY=VALUE: {', '.join(_LOSS_KEYS + _RULE_KEYS)}."),
+    option: Annotated[list[str], typer.Option(
+        "--option", "-O", metavar="KEY=VALUE", help=f"LPR option, repeatable (lpr.KEY=VALUE too): "
+        f"{', '.join(_LOSS_KEYS + _RULE_KEYS)}.")] = [],
+    iterations: Annotated[int, typer.Option("--iterations", metavar="INT", help="Adam steps over the whole set.")] = 50,
+    lr: Annotated[float, typer.Option("--lr", metavar="FLOAT", help="Adam learning rate.")] = 0.2,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", metavar="INT", help="Images per chunk (more images: chunks are recomputed each step).")] = 8,
     device: DeviceOption = "auto",
+    seed: SeedOption = 0,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
-    seed: SeedOption = 0,
+    labels: LabelsOption = None,
 ) -> None:
-    """Learn one LPR channel rule per activation call, shared by all IMAGES (each explained for its
-    top-1 class), and save it for `pyexplain explain --method lpr --rules FILE`."""
-    options = parse_method_options(option)
+    """Fit amortized LPR channel rules over a set of images.
+
+    Learns one LPR channel rule per activation call, shared by all images (each explained for its
+    top-1 class), and saves them for `pyexplain explain --method lpr --rules FILE`."""
+    import torch
+
+    from ..api import model_device
+    from ..io import open_image
+    from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_choice
+    from ..methods._lpr_rules import fit_rules, rule_summary, save_rules
+
+    options = parse_options(option, ["lpr"]).get("lpr", {})
     unknown = sorted(set(options) - set(_LOSS_KEYS + _RULE_KEYS))
     if unknown:
         raise PyExplainError(f"fit-rules has no option {unknown[0]!r}; its options: {', '.join(_LOSS_KEYS + _RULE_KEYS)}")
-    if iterations < 1 or batch_size < 1 or not lr > 0:
-        raise PyExplainError("--iterations and --batch-size must be at least 1 and --lr positive")
+    check_positive(iterations, "--iterations")
+    check_positive(batch_size, "--batch-size")
+    if not lr > 0:
+        raise PyExplainError(f"--lr must be positive, got {lr}")
     for name, choices in (("mask", MASKS), ("normalize", NORMALIZATIONS), ("variant", VARIANTS)):
         if name in options:
             check_choice(name, options[name], choices)
+    if out.is_dir() or not out.suffix:
+        out = out / RULES_FILE
     torch.manual_seed(seed)
-    spec = model_spec(model, weights, random_weights, input_size, mean, std)
+    spec = model_spec(model, weights, random_weights, input_size, mean, std, labels)
     net, preprocess = spec.load(resolve_device(device))
-    pictures = [open_image(source) for source in images]
+    pictures = [open_image(source) for source in expand_images(images)]
     x = torch.cat([preprocess(p) for p in pictures]).to(model_device(net))
     config = LossConfig(**{k: options[k] for k in _LOSS_KEYS if k in options})
     rules = fit_rules(net, x, model_name=model, iterations=iterations, lr=lr, config=config, batch_size=batch_size,
                       progress=True, **{k: options[k] for k in _RULE_KEYS if k in options})
     save_rules(rules, out)
     print(f"{out}: {rule_summary(rules)}", file=sys.stderr)
-

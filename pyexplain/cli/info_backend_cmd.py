@@ -4,14 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
-from .. import _kernels
-from ..ops import FUSED_OPS, GUARDED_DEVICE_TYPES, backend, disabled_kernels, kernels_trusted
 from . import app
 
 
 def _devices() -> str:
+    import torch
+
     cpu = f"cpu ({torch.get_num_threads()} threads)"
     if not torch.cuda.is_available():
         return f"{cpu}; cuda: none available"
@@ -21,7 +19,14 @@ def _devices() -> str:
 
 @app.command("info")
 def info_command() -> None:
-    """Print the backend of the fused ops (extension or fallback), torch, the devices and the extension's build."""
+    """Show the ops backend, torch, devices and kernel build.
+
+    The backend of the fused ops is the compiled extension or the pure-PyTorch fallback."""
+    import torch
+
+    from .. import _kernels
+    from ..ops import FUSED_OPS, GUARDED_DEVICE_TYPES, backend, disabled_kernels, kernels_trusted
+
     active = backend()
     if os.environ.get("PYEXPLAIN_BACKEND", "").strip().lower() == "fallback":
         note = "(forced by PYEXPLAIN_BACKEND=fallback)"

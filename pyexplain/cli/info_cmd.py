@@ -1,14 +1,14 @@
-"""``pyexplain models`` and ``pyexplain methods``."""
+"""``pyexplain models`` and ``pyexplain methods``: answered from the static catalogues, without torch."""
 from __future__ import annotations
 
-from ..models import DEFAULT_MODEL, SMALL_MODELS, TORCHVISION_MODELS, weights_status
-from ..registry import list_methods
+from ..model_catalog import DEFAULT_MODEL, SMALL_MODELS, TORCHVISION_MODELS, weights_status
+from ..registry import describe_methods
 from . import app
 
 
 @app.command("models")
 def models_command() -> None:
-    """List the known models and where their ImageNet weights come from here."""
+    """List the models and where their weights come from here."""
     for name in (DEFAULT_MODEL,) + TORCHVISION_MODELS:
         print(f"{name:20s} {weights_status(name)}")
     for name in SMALL_MODELS:
@@ -18,10 +18,10 @@ def models_command() -> None:
 
 @app.command("methods")
 def methods_command() -> None:
-    """List every method with a one-line description, its paper, its cost per image, its options and
-    whether its map is signed (for and against the target) or non-negative (relevance only)."""
-    for info in list_methods():
-        options = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "-"
-        sign = info.map_sign() + (" with the default options" if callable(info.sign) else "")
-        print(f"{info.name}\n    {info.description}\n    paper: {info.paper}\n    cost: {info.cost}\n    options: {options}"
+    """List the methods: description, paper, cost, options, and whether the map is signed (for and
+    against the target) or non-negative (relevance only)."""
+    for entry in describe_methods():
+        options = ", ".join(f"{k}={v!r}" for k, v in entry.defaults.items()) or "-"
+        sign = f"{entry.sign} ({entry.sign_note})" if entry.sign_note else entry.sign
+        print(f"{entry.name}\n    {entry.description}\n    paper: {entry.paper}\n    cost: {entry.cost}\n    options: {options}"
               f"\n    map: {sign}")

