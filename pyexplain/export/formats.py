@@ -1,5 +1,5 @@
-"""Writing a compiled explainer as ONNX, a ``torch.export`` program (``.pt2``) or TorchScript, and
-loading one back as ``run(x, target) -> (logits, attribution)``.
+"""Writing a compiled explainer as ONNX, a ``torch.export`` program (``.pt2``) or TorchScript (read back
+by :mod:`pyexplain.export.loading`).
 
 All three are made from the same flat ``torch.fx`` graph of the :class:`CompiledExplainer`
 (inputs ``image`` ``[B, C, H, W]`` float32 and ``target`` ``[B]`` int64, ``-1`` = top-1;
@@ -12,7 +12,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -28,8 +28,6 @@ OUTPUT_NAMES = ("logits", "attribution")
 _SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 ONNX_OPSET = 18
 METADATA_FILE = "pyexplain.txt"
-
-Runner = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -102,7 +100,9 @@ def _write_pt2(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metad
 
 
 def _write_torchscript(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str]) -> None:
-    torch.jit.save(torch.jit.script(module), str(tmp), _extra_files={METADATA_FILE: metadata_text(metadata)})
+    buffer = io.BytesIO()  # written to a buffer, the archive's folder is "archive", not the temporary name
+    torch.jit.save(torch.jit.script(module), buffer, _extra_files={METADATA_FILE: metadata_text(metadata)})
+    tmp.write_bytes(buffer.getvalue())
 
 
 _WRITERS = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}
@@ -137,37 +137,3 @@ def export_explainer(model: nn.Module, method: str, format: str | None, path: st
     ``format`` (``"onnx"``, ``"pt2"`` or ``"torchscript"``; from the suffix when None)."""
     fmt = format_of(path, format)
     return write_explainer(compile_explainer(model, method, example_input, **options), fmt, path, metadata)
-
-
-def _onnx_runner(path: Path) -> Runner:
-    import onnxruntime as ort
-
-    wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    providers = [p for p in wanted if p in ort.get_available_providers()]
-    session = ort.InferenceSession(str(path), providers=providers)
-
-    def run(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        feeds = {"image": x.detach().cpu().numpy(), "target": target.detach().cpu().long().numpy()}
-        logits, attribution = session.run(list(OUTPUT_NAMES), feeds)
-        return torch.from_numpy(logits), torch.from_numpy(attribution)
-
-    return run
-
-
-def load_explainer(path: str | os.PathLike, fmt: str | None = None) -> Runner:
-    """An exported explainer as ``run(x, target) -> (logits, attribution)`` (ONNX through onnxruntime)."""
-    path = Path(path)
-    fmt = format_of(path, fmt)
-    if not path.is_file():
-        raise PyExplainError(f"explainer file {str(path)!r} does not exist")
-    if fmt == "onnx":
-        return _onnx_runner(path)
-    module = torch.export.load(path).module() if fmt == "pt2" else torch.jit.load(str(path))
-
-    def run(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        # TorchScript's profiling executor would re-optimize the graph over the first calls; run it as is.
-        with torch.no_grad(), torch.jit.optimized_execution(False):
-            logits, attribution = module(x, target)
-        return logits, attribution
-
-    return run
