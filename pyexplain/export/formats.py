@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import PyExplainError
 from ..io import atomic_write
+from .branches import WithBranches, branch_names
 from .compiler import CompiledExplainer, compile_explainer
 
 FORMATS = ("onnx", "pt2", "torchscript")
@@ -41,7 +42,7 @@ def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
     return fmt
 
 
-def flatten(explainer: CompiledExplainer) -> fx.GraphModule:
+def flatten(explainer: nn.Module) -> fx.GraphModule:
     """The explainer as one flat fx graph (its step loop unrolled), the common source of every format."""
     module = fx.symbolic_trace(explainer)
     for node in module.graph.nodes:
@@ -74,16 +75,17 @@ def metadata_text(metadata: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in metadata.items())
 
 
-def _write_onnx(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str]) -> None:
+def _write_onnx(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str],
+                outputs: list[str]) -> None:
     try:
         import onnx
     except ImportError:
         raise PyExplainError("ONNX export needs the onnx package: pip install 'pyexplain[export]'") from None
     # The TorchScript-based exporter: the same graph as torch.export's, in a tenth of the time.
-    names = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}
+    names = {name: {0: "batch"} for name in [*INPUT_NAMES, *outputs]}
     buffer = io.BytesIO()
     torch.onnx.export(module, _example(explainer), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                      input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=names,
+                      input_names=list(INPUT_NAMES), output_names=outputs, dynamic_axes=names,
                       training=torch.onnx.TrainingMode.PRESERVE)  # EVAL would fold BN into the forward convs only
     model = onnx.load_model_from_string(buffer.getvalue())
     for key, value in metadata.items():
@@ -92,14 +94,16 @@ def _write_onnx(module: nn.Module, explainer: CompiledExplainer, tmp: Path, meta
     tmp.write_bytes(model.SerializeToString())
 
 
-def _write_pt2(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str]) -> None:
+def _write_pt2(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str],
+               outputs: list[str]) -> None:
     program = torch.export.export(module, _example(explainer), dynamic_shapes=_dynamic_batch(), strict=False)
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the temporary file has neither
     torch.export.save(program, buffer, extra_files={METADATA_FILE: metadata_text(metadata)})
     tmp.write_bytes(buffer.getvalue())
 
 
-def _write_torchscript(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str]) -> None:
+def _write_torchscript(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str],
+                       outputs: list[str]) -> None:
     buffer = io.BytesIO()  # written to a buffer, the archive's folder is "archive", not the temporary name
     torch.jit.save(torch.jit.script(module), buffer, _extra_files={METADATA_FILE: metadata_text(metadata)})
     tmp.write_bytes(buffer.getvalue())
@@ -121,14 +125,19 @@ def explainer_metadata(explainer: CompiledExplainer, extra: dict[str, str] | Non
 
 
 def write_explainer(explainer: CompiledExplainer, fmt: str | None, path: str | os.PathLike,
-                    metadata: dict[str, str] | None = None) -> Path:
+                    metadata: dict[str, str] | None = None, *, branches: bool = False) -> Path:
     """Write a compiled explainer as ``fmt`` to ``path`` (atomically), with ``metadata`` (str → str)
-    stored in the file (ONNX metadata_props; ``pyexplain.txt`` extra file for pt2/TorchScript)."""
+    stored in the file (ONNX metadata_props; ``pyexplain.txt`` extra file for pt2/TorchScript).
+
+    ``branches=True`` (for checking a runtime) adds the branch decisions as outputs after ``logits`` and
+    ``attribution`` (:class:`~pyexplain.export.branches.WithBranches`)."""
     fmt = format_of(path, fmt)
-    module = flatten(explainer.eval())
+    explainer = explainer.eval()
+    module = flatten(WithBranches(explainer) if branches else explainer)
+    outputs = [*OUTPUT_NAMES, *(branch_names(explainer) if branches else [])]
     meta = explainer_metadata(explainer, metadata)
     with _quiet():
-        return atomic_write(path, lambda tmp: _WRITERS[fmt](module, explainer, tmp, meta))
+        return atomic_write(path, lambda tmp: _WRITERS[fmt](module, explainer, tmp, meta, outputs))
 
 
 def export_explainer(model: nn.Module, method: str, format: str | None, path: str | os.PathLike,

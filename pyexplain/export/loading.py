@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -49,7 +50,9 @@ def _check_onnx(data: bytes, path: str) -> None:
     except Exception as exc:  # protobuf's DecodeError and friends
         raise _not_an_explainer(path, "onnx", exc) from None
     graph = model.graph
-    if [i.name for i in graph.input] != list(INPUT_NAMES) or [o.name for o in graph.output] != list(OUTPUT_NAMES):
+    outputs = [o.name for o in graph.output]
+    if [i.name for i in graph.input] != list(INPUT_NAMES) or outputs[:2] != list(OUTPUT_NAMES) \
+            or not all(re.fullmatch(r"(pre_activation|pool_indices)_\d+", name) for name in outputs[2:]):
         raise _not_an_explainer(path, "onnx")
     graphs, tensors = [graph], list(graph.initializer)
     while graphs:
