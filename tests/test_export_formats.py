@@ -70,32 +70,41 @@ def test_api_export_and_metadata(tmp_path):
     assert meta["method"] == "gradxinput" and meta["input_shape"] == "3,64,64" and meta["mean"] == "0.485,0.456,0.406"
 
 
-def test_onnx_example_script(tmp_path):
-    """export/run_onnx.py (ONNX Runtime alone, preprocessing from the file's metadata) writes the map
-    that the explainer gives on the same image, and a heatmap."""
+@pytest.mark.parametrize("model_name,extra", [("efficientnet_lite0", []), ("resnet18", ["--random-weights"])],
+                         ids=["whole-image-resize", "resize-and-centre-crop"])
+def test_onnx_example_script(tmp_path, model_name, extra):
+    """export/run_onnx.py (ONNX Runtime alone, preprocessing from the file's metadata) gives, on a JPEG
+    straight from disk, the logit and map that the explainer gives on pyexplain's ``Preprocess`` of the
+    same file (EfficientNet-Lite0: the whole image resized; ResNet-18: shorter side to 256, centre crop)."""
+    import re
     import subprocess
     import sys
     from pathlib import Path
 
     import numpy as np
+    from PIL import Image
 
     from pyexplain.cli import main
     from pyexplain.models import load_model
     from pyexplain.io import builtin_image
 
     onnx = tmp_path / "gxi.onnx"
-    main(["export", "--model", "efficientnet_lite0", "--method", "gradxinput", "--format", "onnx", "--input-size", "64",
-          "--out", str(onnx)])
-    _, preprocess = load_model("efficientnet_lite0", input_size=64)
-    picture = preprocess.view(builtin_image("coffee"))
-    picture.save(tmp_path / "coffee.png")
+    main(["export", "--model", model_name, "--method", "gradxinput", "--format", "onnx", "--input-size", "64",
+          "--out", str(onnx), *extra])
+    _, preprocess = load_model(model_name, input_size=64, random_weights=bool(extra))
+    photo = tmp_path / "coffee.jpg"
+    builtin_image("coffee").convert("RGB").crop((0, 0, 397, 301)).save(photo, quality=90)
     script = Path(__file__).resolve().parent.parent / "export" / "run_onnx.py"
-    run = subprocess.run([sys.executable, str(script), str(onnx), str(tmp_path / "coffee.png"), str(tmp_path / "out" / "coffee")],
+    run = subprocess.run([sys.executable, str(script), str(onnx), str(photo), str(tmp_path / "out" / "coffee")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    _, attribution = load_explainer(onnx)(preprocess(picture), torch.tensor([-1]))
+    logits_, attribution = load_explainer(onnx)(preprocess(Image.open(photo)), torch.tensor([-1]))
+    printed = re.search(r"target (\d+), logit (\S+)", run.stdout)
+    chosen = int(logits_.argmax())
+    assert int(printed[1]) == chosen and abs(float(printed[2]) - float(logits_[0, chosen])) <= 1e-4
     written = np.load(tmp_path / "out" / "coffee.npy")
-    assert np.allclose(written, attribution[0].sum(0).numpy(), rtol=1e-5, atol=1e-6)
+    expected = attribution[0].sum(0).numpy()
+    assert np.abs(written - expected).max() <= 1e-5 * np.abs(expected).max()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coffee.npy", "coffee.png"]
 
 
