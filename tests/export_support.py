@@ -14,7 +14,6 @@ import pyexplain
 from pyexplain.core.activations import intercept_activations
 from pyexplain.core.rules import replace_backward
 from pyexplain.core.targets import Targets
-from pyexplain.export.formats import ONNX_OPSET
 from pyexplain.io import builtin_image
 from pyexplain.methods._common import input_gradient
 from pyexplain.models import load_model
