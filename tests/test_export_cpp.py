@@ -108,3 +108,29 @@ def test_cpp_consumer_reports_errors_on_one_line(explain_binary, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_cpp_consumer_refuses_damaged_images_on_one_line(explain_binary, tmp_path):
+    """A truncated JPEG (Pillow refuses it too) or PNG, or a file of another format: one error line,
+    exit 1, no map written. The explainer is a tiny TorchScript one."""
+    from torch import nn
+
+    from pyexplain.export import export_explainer
+
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 2)).eval()
+    explainer = export_explainer(net, "saliency", "torchscript", tmp_path / "tiny.pt", torch.zeros(1, 3, 8, 8))
+    photos = _photos(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "cut.jpg").write_bytes(photos["jpeg"].read_bytes()[:4000])
+    (images / "cut.png").write_bytes(photos["png"].read_bytes()[:3000])
+    (images / "text.ppm").write_text("not an image\n")
+    with pytest.raises(OSError):
+        Image.open(images / "cut.jpg").load()
+    for image in sorted(images.iterdir()):
+        out = tmp_path / "out" / image.stem
+        out.parent.mkdir(exist_ok=True)
+        run = subprocess.run([str(explain_binary), str(explainer), str(image), str(out)], capture_output=True,
+                             text=True, timeout=60, env=ONE_THREAD)
+        assert run.returncode == 1 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+        assert not list(out.parent.iterdir())

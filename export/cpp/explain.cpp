@@ -19,6 +19,7 @@
 #include <cstdio>
 
 #include <jpeglib.h>  // after <cstdio>: it uses FILE and size_t without including them
+#include <jerror.h>
 #include <png.h>
 
 #include <algorithm>
@@ -81,6 +82,12 @@ void jpeg_fail(j_common_ptr info) {
   std::longjmp(error->jump, 1);
 }
 
+// As in Pillow: a truncated file (which libjpeg would fill with grey) is an error; other warnings
+// (e.g. extraneous bytes before a marker) and trace messages are dropped.
+void jpeg_message(j_common_ptr info, int level) {
+  if (level < 0 && info->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(info);
+}
+
 // Decoded with libjpeg's defaults (integer IDCT, fancy upsampling), as Pillow decodes, to RGB
 // (greyscale replicated, as Pillow's convert("RGB")).
 Image read_jpeg(const std::string& path) {
@@ -90,6 +97,7 @@ Image read_jpeg(const std::string& path) {
   JpegError error;
   info.err = jpeg_std_error(&error.manager);
   error.manager.error_exit = jpeg_fail;
+  error.manager.emit_message = jpeg_message;
   Image image;
   if (setjmp(error.jump)) {
     jpeg_destroy_decompress(&info);
@@ -119,20 +127,30 @@ Image read_jpeg(const std::string& path) {
   return image;
 }
 
+// libpng's errors keep their message for the one-line report; its warnings (e.g. about colour
+// profiles, which Pillow ignores too) are dropped.
+void png_fail(png_structp reader, png_const_charp text) {
+  *static_cast<std::string*>(png_get_error_ptr(reader)) = text;
+  png_longjmp(reader, 1);
+}
+
+void png_quiet(png_structp, png_const_charp) {}
+
 // Decoded to 8-bit RGB as Pillow's convert("RGB"): palette expanded, greyscale replicated, alpha
 // dropped (not composited), 16-bit samples cut to their high byte; no gamma correction.
 Image read_png(const std::string& path) {
   // libpng's simplified API would composite alpha and correct gamma; this one does neither.
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (!file) throw std::runtime_error("cannot open " + path);
-  png_structp reader = png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  std::string message = "damaged PNG";
+  png_structp reader = png_create_read_struct(PNG_LIBPNG_VER_STRING, &message, png_fail, png_quiet);
   png_infop info = png_create_info_struct(reader);
   Image image;
   std::vector<png_bytep> rows;
   if (setjmp(png_jmpbuf(reader))) {
     png_destroy_read_struct(&reader, &info, nullptr);
     std::fclose(file);
-    throw std::runtime_error(path + ": damaged PNG");
+    throw std::runtime_error(path + ": " + message);
   }
   png_init_io(reader, file);
   png_read_info(reader, info);
