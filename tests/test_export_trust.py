@@ -112,6 +112,15 @@ def _size(program):
     next(iter(values.values()))["sizes"][0] = {"as_expr": {"expr_str": "__import__('os').getpid()"}}
 
 
+def _power_guard(program):
+    program["guards_code"] = ["L['x'].size()[0] ** 9 ** 9 ** 9 > 0"]  # would compute for ever
+
+
+def _power_size(program):
+    values = program["graph_module"]["graph"]["tensor_values"]
+    next(iter(values.values()))["sizes"][0] = {"as_expr": {"expr_str": "Integer(9)**Integer(9)**Integer(99)"}}
+
+
 def _target(program):
     program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.os.getpid"
 
@@ -122,6 +131,8 @@ def _target(program):
     ("shape guard code", _program_change(_guard), "shape guard"),
     ("symbolic size code", _program_change(_size), "symbolic size"),
     ("non-ATen node target", _program_change(_target), "torch.os.getpid"),
+    ("power in a guard", _program_change(_power_guard), "shape guard"),
+    ("power in a size", _program_change(_power_size), "symbolic size"),
 ])
 def test_pt2_archive_that_would_run_code_is_refused(files, tmp_path, attack, change, match):
     marker = tmp_path / "marker"
