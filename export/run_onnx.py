@@ -22,22 +22,34 @@ import onnxruntime as ort
 from PIL import Image
 
 
+def view(image: Image.Image, size: tuple[int, int], resize: int | None) -> Image.Image:
+    """pyexplain's ``Preprocess.view`` without torch: the whole image resized to ``size`` (bilinear,
+    PIL's antialiased filter), or with ``resize`` its shorter side to ``resize`` (the longer one
+    ``int(resize · long / short)``) and a centre crop of ``size`` (offsets ``round((side − crop) / 2)``),
+    as torchvision's ``resize`` and ``center_crop`` compute them."""
+    height, width = size
+    image = image.convert("RGB")
+    if resize is None:
+        return image.resize((width, height), Image.Resampling.BILINEAR)
+    short, long = sorted(image.size)
+    new_long = int(resize * long / short)
+    new_size = (resize, new_long) if image.width <= image.height else (new_long, resize)
+    if new_size != image.size:
+        image = image.resize(new_size, Image.Resampling.BILINEAR)
+    top, left = int(round((image.height - height) / 2.0)), int(round((image.width - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
 def preprocess(path: str, meta: dict[str, str]) -> np.ndarray:
-    """The image as the explainer's normalized input ``[1, C, H, W]`` float32."""
+    """The image as the explainer's normalized input ``[1, C, H, W]`` float32: :func:`view`, then
+    ``(pixel / 255 − mean) / std`` in float32 (torchvision's ``to_tensor`` and ``normalize``)."""
     channels, height, width = (int(v) for v in meta.get("input_shape", "3,224,224").split(","))
-    image = Image.open(path).convert("RGB")
     resize = meta.get("resize", "")
-    if resize:  # shorter side to `resize`, then a center crop (torchvision's evaluation transform)
-        scale = int(resize) / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
-        left, top = (image.width - width) // 2, (image.height - height) // 2
-        image = image.crop((left, top, left + width, top + height))
-    else:
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    image = view(Image.open(path), (height, width), int(resize) if resize else None)
     mean = np.array([float(v) for v in meta.get("mean", "0.485,0.456,0.406").split(",")], dtype=np.float32)
     std = np.array([float(v) for v in meta.get("std", "0.229,0.224,0.225").split(",")], dtype=np.float32)
-    x = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
-    return x.transpose(2, 0, 1)[None, :channels].copy()
+    x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    return ((x - mean[:, None, None]) / std[:, None, None])[None, :channels].copy()
 
 
 def write_atomically(path: Path, write) -> None:
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     figure = draw(args.image, attribution_map, meta, target, logits[0])
     write_atomically(png, lambda tmp: figure.save(tmp, format="PNG"))
     print(f"{meta.get('method', '?')} on {session.get_providers()[0]}: target {target}, "
-          f"logit {logits[0, target]:.4f} -> {npy}, {png}")
+          f"logit {logits[0, target]:.6f} -> {npy}, {png}")
     return 0
 
 

@@ -92,20 +92,25 @@ class CompiledExplainer(nn.Module):
 
     def forward(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         values, saved = self.run_forward(x)
+        return values[self.output_node], self.attribute(x, target, values, saved)
+
+    def attribute(self, x: Tensor, target: Tensor, values: dict[str, Tensor], saved: dict[str, Any]) -> Tensor:
+        """The attribution from a forward pass's ``values`` (logits included: they choose the top-1) and
+        what it ``saved`` (the pre-activations and pooling argmaxes the backward pass branches on)."""
         logits = values[self.output_node]
         chosen = torch.where(target < 0, logits.argmax(1), target)
         seed = (self.classes[None, :] == chosen[:, None]).to(logits.dtype)
         if self.method in _CAM_METHODS:
             up = self._upsampled_cam(values, saved, seed)
             if self.method == "gradcam":
-                return logits, up
-            return logits, self.backward(seed, saved, "guided") * up * self.input_shape[0]
+                return up
+            return self.backward(seed, saved, "guided") * up * self.input_shape[0]
         grad = self.backward(seed, saved, self.rule)
         if self.method == "saliency":
-            return logits, grad.abs() if self.absolute else grad
+            return grad.abs() if self.absolute else grad
         if self.method in ("gradxinput", "lpr"):
-            return logits, grad * x
-        return logits, grad
+            return grad * x
+        return grad
 
 
 def _check_options(method: str, options: dict[str, Any]) -> None:

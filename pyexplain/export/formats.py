@@ -1,5 +1,5 @@
-"""Writing a compiled explainer as ONNX, a ``torch.export`` program (``.pt2``) or TorchScript, and
-loading one back as ``run(x, target) -> (logits, attribution)``.
+"""Writing a compiled explainer as ONNX, a ``torch.export`` program (``.pt2``) or TorchScript (read back
+by :mod:`pyexplain.export.loading`).
 
 All three are made from the same flat ``torch.fx`` graph of the :class:`CompiledExplainer`
 (inputs ``image`` ``[B, C, H, W]`` float32 and ``target`` ``[B]`` int64, ``-1`` = top-1;
@@ -12,7 +12,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import PyExplainError
 from ..io import atomic_write
+from .branches import WithBranches, branch_names
 from .compiler import CompiledExplainer, compile_explainer
 
 FORMATS = ("onnx", "pt2", "torchscript")
@@ -28,8 +29,6 @@ OUTPUT_NAMES = ("logits", "attribution")
 _SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 ONNX_OPSET = 18
 METADATA_FILE = "pyexplain.txt"
-
-Runner = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -43,7 +42,7 @@ def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
     return fmt
 
 
-def flatten(explainer: CompiledExplainer) -> fx.GraphModule:
+def flatten(explainer: nn.Module) -> fx.GraphModule:
     """The explainer as one flat fx graph (its step loop unrolled), the common source of every format."""
     module = fx.symbolic_trace(explainer)
     for node in module.graph.nodes:
@@ -76,16 +75,17 @@ def metadata_text(metadata: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in metadata.items())
 
 
-def _write_onnx(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str]) -> None:
+def _write_onnx(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str],
+                outputs: list[str]) -> None:
     try:
         import onnx
     except ImportError:
         raise PyExplainError("ONNX export needs the onnx package: pip install 'pyexplain[export]'") from None
     # The TorchScript-based exporter: the same graph as torch.export's, in a tenth of the time.
-    names = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}
+    names = {name: {0: "batch"} for name in [*INPUT_NAMES, *outputs]}
     buffer = io.BytesIO()
     torch.onnx.export(module, _example(explainer), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                      input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=names,
+                      input_names=list(INPUT_NAMES), output_names=outputs, dynamic_axes=names,
                       training=torch.onnx.TrainingMode.PRESERVE)  # EVAL would fold BN into the forward convs only
     model = onnx.load_model_from_string(buffer.getvalue())
     for key, value in metadata.items():
@@ -94,15 +94,19 @@ def _write_onnx(module: nn.Module, explainer: CompiledExplainer, tmp: Path, meta
     tmp.write_bytes(model.SerializeToString())
 
 
-def _write_pt2(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str]) -> None:
+def _write_pt2(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str],
+               outputs: list[str]) -> None:
     program = torch.export.export(module, _example(explainer), dynamic_shapes=_dynamic_batch(), strict=False)
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the temporary file has neither
     torch.export.save(program, buffer, extra_files={METADATA_FILE: metadata_text(metadata)})
     tmp.write_bytes(buffer.getvalue())
 
 
-def _write_torchscript(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str]) -> None:
-    torch.jit.save(torch.jit.script(module), str(tmp), _extra_files={METADATA_FILE: metadata_text(metadata)})
+def _write_torchscript(module: nn.Module, explainer: CompiledExplainer, tmp: Path, metadata: dict[str, str],
+                       outputs: list[str]) -> None:
+    buffer = io.BytesIO()  # written to a buffer, the archive's folder is "archive", not the temporary name
+    torch.jit.save(torch.jit.script(module), buffer, _extra_files={METADATA_FILE: metadata_text(metadata)})
+    tmp.write_bytes(buffer.getvalue())
 
 
 _WRITERS = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}
@@ -121,14 +125,19 @@ def explainer_metadata(explainer: CompiledExplainer, extra: dict[str, str] | Non
 
 
 def write_explainer(explainer: CompiledExplainer, fmt: str | None, path: str | os.PathLike,
-                    metadata: dict[str, str] | None = None) -> Path:
+                    metadata: dict[str, str] | None = None, *, branches: bool = False) -> Path:
     """Write a compiled explainer as ``fmt`` to ``path`` (atomically), with ``metadata`` (str → str)
-    stored in the file (ONNX metadata_props; ``pyexplain.txt`` extra file for pt2/TorchScript)."""
+    stored in the file (ONNX metadata_props; ``pyexplain.txt`` extra file for pt2/TorchScript).
+
+    ``branches=True`` (for checking a runtime) adds the branch decisions as outputs after ``logits`` and
+    ``attribution`` (:class:`~pyexplain.export.branches.WithBranches`)."""
     fmt = format_of(path, fmt)
-    module = flatten(explainer.eval())
+    explainer = explainer.eval()
+    module = flatten(WithBranches(explainer) if branches else explainer)
+    outputs = [*OUTPUT_NAMES, *(branch_names(explainer) if branches else [])]
     meta = explainer_metadata(explainer, metadata)
     with _quiet():
-        return atomic_write(path, lambda tmp: _WRITERS[fmt](module, explainer, tmp, meta))
+        return atomic_write(path, lambda tmp: _WRITERS[fmt](module, explainer, tmp, meta, outputs))
 
 
 def export_explainer(model: nn.Module, method: str, format: str | None, path: str | os.PathLike,
@@ -137,37 +146,3 @@ def export_explainer(model: nn.Module, method: str, format: str | None, path: st
     ``format`` (``"onnx"``, ``"pt2"`` or ``"torchscript"``; from the suffix when None)."""
     fmt = format_of(path, format)
     return write_explainer(compile_explainer(model, method, example_input, **options), fmt, path, metadata)
-
-
-def _onnx_runner(path: Path) -> Runner:
-    import onnxruntime as ort
-
-    wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    providers = [p for p in wanted if p in ort.get_available_providers()]
-    session = ort.InferenceSession(str(path), providers=providers)
-
-    def run(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        feeds = {"image": x.detach().cpu().numpy(), "target": target.detach().cpu().long().numpy()}
-        logits, attribution = session.run(list(OUTPUT_NAMES), feeds)
-        return torch.from_numpy(logits), torch.from_numpy(attribution)
-
-    return run
-
-
-def load_explainer(path: str | os.PathLike, fmt: str | None = None) -> Runner:
-    """An exported explainer as ``run(x, target) -> (logits, attribution)`` (ONNX through onnxruntime)."""
-    path = Path(path)
-    fmt = format_of(path, fmt)
-    if not path.is_file():
-        raise PyExplainError(f"explainer file {str(path)!r} does not exist")
-    if fmt == "onnx":
-        return _onnx_runner(path)
-    module = torch.export.load(path).module() if fmt == "pt2" else torch.jit.load(str(path))
-
-    def run(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        # TorchScript's profiling executor would re-optimize the graph over the first calls; run it as is.
-        with torch.no_grad(), torch.jit.optimized_execution(False):
-            logits, attribution = module(x, target)
-        return logits, attribution
-
-    return run
