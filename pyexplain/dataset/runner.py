@@ -42,7 +42,7 @@ from .distributed import Ranks, env_world, rank_device, shard
 from .execution import (DEFAULT_BATCH, MAX_AUTO_BATCH, PROBE_ITERATIONS, PROBE_ROWS, BackoffBatcher, BatchChoice,
                         measured_batch_size, measures_memory, precision)
 from .sources import Source, collect_sources, file_sha256
-from .store import Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest, write_npy, write_png
+from .store import FolderLock, Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest, write_npy, write_png
 
 
 @dataclass(frozen=True)
@@ -272,16 +272,29 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
     sources = collect_sources(job.src, exclude=job.out)
     records = _Records(config, job.model.name)
 
-    failure = None
+    failure, lock = None, None
     if ranks.rank == 0:
         try:
+            lock = FolderLock.acquire(layout)
             prepare(layout, config, job.overwrite)
         except PyExplainError as exc:
             failure = str(exc)
     failure = ranks.broadcast(failure)
     if failure:
+        if lock is not None:
+            lock.release()
         raise PyExplainError(failure)
+    try:
+        return _work_and_summarize(job, ranks, device, info.name, layout, config, sources, records, net, preprocess,
+                                   target, options)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _work_and_summarize(job: Job, ranks: Ranks, device: str, method: str, layout: Layout, config: RunConfig,
+                        sources: list[Source], records: _Records, net: torch.nn.Module, preprocess,
+                        target: int | None, options: dict[str, Any]) -> Summary:
     journal = Journal(layout.journal(ranks.rank))
     try:
         prior = read_records(layout)
@@ -297,7 +310,7 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
         worker.use_batch_size(batch_size)
         batches = shard(sorted({i // batch_size for i in pending}), ranks.rank, ranks.world)
         started = time.perf_counter()
-        new_records = _work(worker, sources, verdicts, set(pending), batches, batch_size, ranks.rank == 0 and job.progress, info.name)
+        new_records = _work(worker, sources, verdicts, set(pending), batches, batch_size, ranks.rank == 0 and job.progress, method)
         seconds = time.perf_counter() - started
     finally:
         journal.close()
