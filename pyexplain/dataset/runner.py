@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..api import explain
 from ..errors import PyExplainError
-from ..io import load_image
+from ..io import load_image, max_image_bytes
 from ..registry import get_method
 from ..visualize import overlay
 from .config import ModelSpec, RunConfig, check_precision, resolve_options
@@ -117,13 +117,9 @@ class _Records:
 def _scan(source: Source, prior: list[dict[str, Any]], layout: Layout, config: RunConfig, want_png: bool,
           records: _Records) -> Verdict:
     try:
-        sha = file_sha256(source.path)
-    except IsADirectoryError:
-        return Verdict(None, records.unreadable(source.key, None, "is a directory, not an image"))
-    except FileNotFoundError:
-        return Verdict(None, records.unreadable(source.key, None, "no such file"))
-    except OSError as exc:
-        return Verdict(None, records.unreadable(source.key, None, f"cannot read ({exc.strerror})"))
+        sha = file_sha256(source.path, max_image_bytes())
+    except PyExplainError as exc:
+        return Verdict(None, records.unreadable(source.key, None, _reason(exc, source)))
     for record in reversed(prior):
         if is_complete(record, layout, config.digest, sha, want_png):
             return Verdict(sha, record)
