@@ -157,8 +157,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     Readers never see a partial file; on any error the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise PyExplainError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -167,6 +170,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _check_writable_folder(folder: Path, option: str, path: Path) -> None:
+    """``folder`` (or, if missing, its nearest existing parent, where it would be made) must be a
+    folder this process may write in."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PyExplainError(f"{option} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PyExplainError(f"{option} {path}: cannot write in {existing} (permission denied)")
+
+
+def check_output_folder(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is an existing file or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PyExplainError(f"{option} {path} exists and is not a folder")
+    _check_writable_folder(path, option, path)
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, before any work, an output file that is a folder or whose folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise PyExplainError(f"{option} {path} is a folder, not a file")
+    _check_writable_folder(path.parent, option, path)
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:

@@ -10,7 +10,7 @@ import typer
 from .. import explain
 from ..errors import PyExplainError
 from ..evaluation import display_images, load_eval_set
-from ..io import atomic_write, open_image
+from ..io import atomic_write, check_output_file, open_image
 from ..models import DEFAULT_MODEL, SMALL_MODELS, load_model
 from ..plots import compare_figure
 from . import app
@@ -51,6 +51,7 @@ def compare_command(
     per_method = parse_per_method_options(option, names)
     if out.suffix.lower() != ".png":
         raise PyExplainError(f"--out must be a .png file, got {str(out)!r}")
+    check_output_file(out)
     torch.manual_seed(seed)
     net, preprocess = load_model(model, weights, resolve_device(device))
     x = load_one(image, model, preprocess)

@@ -12,7 +12,7 @@ from PIL import Image
 from ..data.cache import cache_dir
 from ..data.training import accuracy
 from ..errors import PyExplainError
-from ..io import atomic_write, save_png
+from ..io import atomic_write, check_output_folder, save_png
 from ..models import SMALL_MODELS
 from . import app
 
@@ -35,6 +35,7 @@ def data_command(
         raise PyExplainError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     if n < 1:
         raise PyExplainError(f"--n must be at least 1, got {n}")
+    check_output_folder(out)
     records = []
     if name == "digits":
         from ..data.digits import digits_splits

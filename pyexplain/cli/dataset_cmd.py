@@ -13,7 +13,7 @@ import typer
 from ..dataset import Job, run_dataset
 from ..dataset.config import PRECISIONS
 from ..dataset.distributed import env_world
-from ..io import atomic_write
+from ..io import atomic_write, check_output_file
 from ..models import DEFAULT_MODEL
 from . import app
 from .options import (
@@ -47,6 +47,8 @@ def explain_dataset_command(
 ) -> None:
     """One map (.npy) per image, output paths mirroring SRC, and a manifest (JSON lines). A rerun
     skips finished images; under torchrun the images are shared among the ranks."""
+    if summary is not None:
+        check_output_file(summary, "--summary")
     job = Job(
         src=src, out=out, method=method, options=parse_method_options(option), target=target,
         model=model_spec(model, weights, random_weights, input_size, mean, std, labels),

@@ -15,7 +15,8 @@ from ..errors import PyExplainError
 from ..evaluation import CURVE_METRICS, METRICS, Evaluation, display_images, evaluate, evaluate_roar, load_eval_set
 from ..metrics.roar import DEFAULT_FRACTIONS, FILLS
 from ..html_report import render
-from ..io import atomic_write
+from ..io import atomic_write, check_output_folder
+from ..method_options import check_options
 from ..models import DEFAULT_MODEL, load_model
 from ..plots import curve_plot
 from ..registry import get_method, list_methods
@@ -46,7 +47,7 @@ def parse_per_method_options(pairs: list[str], methods: list[str]) -> dict[str, 
         if method not in methods:
             raise PyExplainError(f"option {pair!r} names method {method!r}, which is not in --methods")
         options.setdefault(method, {}).update(parse_method_options([rest]))
-    return options
+    return {method: check_options(get_method(method), values) for method, values in options.items()}
 
 
 def format_table(evaluation: Evaluation) -> str:
@@ -149,6 +150,7 @@ def evaluate_command(
     per_method = parse_per_method_options(option, method_names)
     if limit is not None and limit < 1:
         raise PyExplainError(f"--limit must be at least 1, got {limit}")
+    check_output_folder(out)
     with_roar = "roar" in metric_names
     if with_roar:
         from ..data.small_models import check_roar_model

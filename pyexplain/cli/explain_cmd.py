@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from .. import explain as run_explain
 from ..errors import PyExplainError
-from ..io import open_image, save_npy, save_png
+from ..io import check_output_folder, open_image, save_npy, save_png
+from ..method_options import check_options
 from ..methods._lpr_rules import load_rules
 from ..models import DEFAULT_MODEL
 from ..registry import get_method
@@ -70,7 +71,8 @@ def explain_command(
 ) -> None:
     """Write a heatmap PNG (red = for, blue = against) and the raw map (.npy) per image."""
     info = get_method(method)
-    options = parse_method_options(option)
+    check_output_folder(out)
+    options = check_options(info, parse_method_options(option))
     if rules is not None:
         options["rules"] = lpr_rules_for(method, rules, model)
     torch.manual_seed(seed)
