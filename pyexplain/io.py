@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import stat
 import tempfile
+import threading
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -151,10 +154,30 @@ def load_image(path: str | os.PathLike, on_note: Callable[[str], None] | None = 
     return image
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``),
+    else set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path`` and rename it over ``path``.
 
-    Readers never see a partial file; on any error the temporary file is removed.
+    Readers never see a partial file; on any error the temporary file is removed. The file gets the
+    mode a plain ``open`` would give it: ``0o666`` less the umask.
     """
     path = Path(path)
     try:
@@ -162,7 +185,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise PyExplainError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -170,6 +196,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in nested dicts, lists and tuples) replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """Strict JSON (no bare ``NaN``/``Infinity``): non-finite numbers become ``null``."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **options)
 
 
 def _check_writable_folder(folder: Path, option: str, path: Path) -> None:

@@ -68,3 +68,27 @@ class _Gated(nn.Module):
 def gated_tiny_cnn() -> nn.Module:
     """:func:`tiny_cnn` that holds a run after its first batch while ``$GATE_FILE`` exists."""
     return _Gated(tiny_cnn())
+
+
+class _Broken(nn.Module):
+    """:func:`tiny_cnn` whose logits are spoiled: all NaN, or class 0 at +inf (the others finite)."""
+
+    def __init__(self, inner: nn.Module, how: str) -> None:
+        super().__init__()
+        self.inner, self.how = inner, how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        if self.how == "nan":
+            return logits * float("nan")
+        return torch.cat([torch.full_like(logits[:, :1], float("inf")), logits[:, 1:]], 1)
+
+
+def nan_cnn() -> nn.Module:
+    """A model whose every output is NaN (its maps are NaN too)."""
+    return _Broken(tiny_cnn(), "nan")
+
+
+def inf_logit_cnn() -> nn.Module:
+    """A model whose class 0 logit is +inf: top-1 with a non-finite score and probabilities, finite (zero) gradients."""
+    return _Broken(tiny_cnn(), "inf")

@@ -63,6 +63,9 @@ def compare_command(
         except PyExplainError as exc:
             failed.append(f"{name}: {' '.join(str(exc).split())}")
             continue
+        if not torch.isfinite(result.map[0]).all():
+            failed.append(f"{name}: the map has NaN or infinite values (the model's output is not finite there)")
+            continue
         maps[name] = result.map[0].cpu()
         t = int(result.targets[0])
     if not maps:

@@ -2,7 +2,6 @@
 resumable, and sharded across processes when started by ``torchrun``."""
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 from ..dataset import Job, run_dataset
 from ..dataset.config import PRECISIONS
 from ..dataset.distributed import env_world
-from ..io import atomic_write, check_output_file
+from ..io import atomic_write, check_output_file, json_text
 from ..models import DEFAULT_MODEL
 from . import app
 from .options import (
@@ -59,10 +58,10 @@ def explain_dataset_command(
     if env_world()[0] != 0:
         return
     if summary is not None:
-        text = json.dumps(asdict(result), indent=2) + "\n"
+        text = json_text(asdict(result), indent=2) + "\n"
         atomic_write(summary, lambda tmp: tmp.write_text(text))
-    print(f"{result.explained} explained, {result.already_complete} already complete, {result.unreadable} unreadable "
-          f"of {result.sources} files in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s, "
+    print(f"{result.explained} explained, {result.already_complete} already complete, {result.unreadable} unreadable, "
+          f"{result.failed} failed (non-finite maps) of {result.sources} files in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s, "
           f"{result.world_size} process{'es' if result.world_size > 1 else ''}; batch size {result.batch_size}: "
           f"{result.batch_choice}); manifest: {result.manifest}",
           file=sys.stderr)

@@ -3,7 +3,6 @@ methods' maps; prints a table and writes CSV, JSON, curve PNGs and a self-contai
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +14,7 @@ from ..errors import PyExplainError
 from ..evaluation import CURVE_METRICS, METRICS, Evaluation, display_images, evaluate, evaluate_roar, load_eval_set
 from ..metrics.roar import DEFAULT_FRACTIONS, FILLS
 from ..html_report import render
-from ..io import atomic_write, check_output_folder
+from ..io import atomic_write, check_output_folder, json_text
 from ..method_options import check_options
 from ..models import DEFAULT_MODEL, load_model
 from ..plots import curve_plot
@@ -105,7 +104,7 @@ def write_outputs(evaluation: Evaluation, out: Path, display: torch.Tensor, titl
         rows = [[m, f, acc] for m, per in roar_results.items() for f, acc in per.items()]
         written.append(atomic_write(out / "roar.csv", lambda tmp: tmp.write_text(
             "method,fraction,accuracy\n" + "".join(f"{m},{f},{acc}\n" for m, f, acc in rows))))
-    written.append(atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2))))
+    written.append(atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json_text(document, indent=2))))
     plots = {}
     for metric in (m for m in evaluation.metrics if m in CURVE_METRICS):
         curves = {method: per[metric] for method, per in evaluation.curves.items()}

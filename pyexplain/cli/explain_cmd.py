@@ -1,7 +1,6 @@
 """``pyexplain explain IMG... --model M --method X``: heatmap PNGs and raw maps for image files."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,7 +12,7 @@ from tqdm import tqdm
 
 from .. import explain as run_explain
 from ..errors import PyExplainError
-from ..io import check_output_folder, open_image, save_npy, save_png
+from ..io import check_output_folder, json_text, open_image, save_npy, save_png
 from ..method_options import check_options
 from ..methods._lpr_rules import load_rules
 from ..models import DEFAULT_MODEL
@@ -34,6 +33,15 @@ def lpr_rules_for(method: str, path: Path, model: str) -> dict:
     if loaded.get("model") and loaded["model"] != model:
         raise PyExplainError(f"rules file {str(path)!r} was fitted on model {loaded['model']!r}, not {model!r}")
     return loaded
+
+
+def check_finite_maps(result, images: list[str], method: str) -> None:
+    """Refuse maps with NaN or infinite values (a model that overflows or computes NaN): nothing of
+    the batch is written."""
+    for row, name in enumerate(images):
+        if not torch.isfinite(result.map[row]).all():
+            raise PyExplainError(f"{name}: the {method} map has NaN or infinite values (the model's output is not "
+                                 f"finite there); nothing written for it")
 
 
 def _output_stems(sources: list[str], method: str) -> list[str]:
@@ -90,9 +98,13 @@ def explain_command(
         chunk = pictures[start:start + batch_size]
         x = torch.cat([preprocess(p) for p in chunk])
         result = run_explain(net, x, method, target=target_index, progress=info.iterative, **options)
+        check_finite_maps(result, images[start:start + len(chunk)], method)
         probabilities = result.logits.softmax(1)
         for row, picture in enumerate(chunk):
             index = start + row
+            if not torch.isfinite(result.logits[row]).all():
+                print(f"note: {images[index]}: the model's scores are not all finite (NaN or infinity); "
+                      f"non-finite numbers are given as null", file=sys.stderr)
             maps = {"": result.map[row]}
             maps.update({f"_{k}": v[row].sum(0) for k, v in result.extras.items() if v.ndim == 4})
             written = []
@@ -114,7 +126,7 @@ def explain_command(
         bar.update(len(chunk))
     bar.close()
     if as_json:
-        print(json.dumps(records, indent=2))
+        print(json_text(records, indent=2))
     else:
         for record in records:
             top = record["top5"][0]

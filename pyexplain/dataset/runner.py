@@ -71,6 +71,7 @@ class Summary:
     explained: int
     already_complete: int
     unreadable: int
+    failed: int  #: read, but not explained (a map with NaN or infinite values)
     seconds: float
     images_per_second: float
     world_size: int
@@ -108,6 +109,10 @@ class _Records:
         return {**self.common, "source": key, "sha256": sha256, "status": "unreadable", "reason": reason,
                 "target": None, "label": None, "score": None, "outputs": {}, "bytes": {}, "notes": []}
 
+    def failed(self, key: str, sha256: str, reason: str) -> dict[str, Any]:
+        """A source that was read but could not be explained (e.g. the model's output is not finite)."""
+        return {**self.unreadable(key, sha256, reason), "status": "failed"}
+
     def ok(self, key: str, sha256: str, target: int, label: str, score: float, outputs: dict[str, str],
            sizes: dict[str, int], notes: list[str]) -> dict[str, Any]:
         return {**self.common, "source": key, "sha256": sha256, "status": "ok", "reason": None, "target": target,
@@ -129,6 +134,10 @@ def _scan(source: Source, prior: list[dict[str, Any]], layout: Layout, config: R
         except PyExplainError as exc:
             return Verdict(sha, records.unreadable(source.key, sha, _reason(exc, source)))
     return Verdict(sha, None)
+
+
+#: Reason of a failed record whose map has NaN or infinite values.
+NON_FINITE = "the map has NaN or infinite values (the model's output is not finite there); nothing written"
 
 
 def _chunk_seed(seed: int, batch: int, start: int) -> int:
@@ -326,7 +335,8 @@ def _work_and_summarize(job: Job, ranks: Ranks, device: str, method: str, layout
         summary = Summary(
             sources=len(sources), explained=explained,
             already_complete=sum(1 for v in verdicts.values() if v.record is not None and v.record["status"] == "ok"),
-            unreadable=sum(1 for r in final if r["status"] == "unreadable"), seconds=elapsed,
+            unreadable=sum(1 for r in final if r["status"] == "unreadable"),
+            failed=sum(1 for r in final if r["status"] == "failed"), seconds=elapsed,
             images_per_second=explained / elapsed if elapsed > 0 else 0.0, world_size=ranks.world,
             batch_size=batch_size, batch_choice=choice.how, micro_batch=[s["micro_batch"] for s in all_stats],
             peak_rss_mib=[round(s["rss"], 1) for s in all_stats],
@@ -358,7 +368,12 @@ def _work(worker: _Worker, sources: list[Source], verdicts: dict[int, Verdict], 
                 continue
             maps, extras, targets, scores = worker.explain(k, rows)
             for row, (index, picture, notes) in enumerate(rows):
-                if index in pending:
+                if index in pending and not torch.isfinite(maps[row]).all():
+                    record = worker.records.failed(sources[index].key, verdicts[index].sha256, NON_FINITE)
+                    worker.journal.append(record)
+                    written.append(record)
+                    bar.update(1)
+                elif index in pending:
                     written.append(worker.write(
                         sources[index], verdicts[index].sha256, picture, notes, maps[row].numpy(),
                         {name: value[row].numpy() for name, value in extras.items()}, int(targets[row]), float(scores[row])))

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import PyExplainError
-from ..io import atomic_write
+from ..io import atomic_write, json_text
 from .config import RunConfig, describe_difference
 
 STATE_DIR = ".pyexplain"
@@ -212,7 +212,7 @@ class Journal:
                 os.close(dir_fd)
 
     def append(self, record: dict[str, Any]) -> None:
-        os.write(self.fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+        os.write(self.fd, (json_text(record, sort_keys=True) + "\n").encode())
         os.fsync(self.fd)
 
     def close(self) -> None:
@@ -257,5 +257,5 @@ def is_complete(record: dict[str, Any], layout: Layout, digest: str, sha256: str
 
 def write_manifest(layout: Layout, records: Iterable[dict[str, Any]]) -> Path:
     """Write the merged manifest (JSON lines, sorted by source) atomically."""
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in sorted(records, key=lambda r: r["source"]))
+    text = "".join(json_text(r, sort_keys=True) + "\n" for r in sorted(records, key=lambda r: r["source"]))
     return atomic_write(layout.manifest, _fsynced(lambda tmp: tmp.write_text(text)))
