@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -69,11 +72,16 @@ def test_nan_model_is_an_error_and_nothing_is_written(tmp_path, image, capsys):
     assert not (tmp_path / "ds" / "maps").exists()
 
 
-def test_json_stays_valid_when_the_scores_are_not_finite(tmp_path, image, capsys):
-    code, stdout, err = run_cli(["explain", image, "--model", "dataset_models:inf_logit_cnn", *TINY, "--json",
-                                 "--out", tmp_path / "out"], capsys)
-    assert code == 0, err
-    records = json.loads(stdout, parse_constant=lambda name: pytest.fail(f"bare {name} in the JSON"))
+def test_json_stays_valid_when_the_scores_are_not_finite_and_no_warning_leaks(tmp_path, image):
+    """In a fresh process as a user runs it, so that any Python warning would reach stderr."""
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    env.pop("PYTHONWARNINGS", None)
+    done = subprocess.run([sys.executable, "-m", "pyexplain", "explain", str(image), "--model", "dataset_models:inf_logit_cnn",
+                           *TINY, "--json", "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = json.loads(done.stdout, parse_constant=lambda name: pytest.fail(f"bare {name} in the JSON"))
     assert records[0]["target"]["index"] == 0 and records[0]["score"] is None
     assert all(entry["probability"] is None for entry in records[0]["top5"])
-    assert err.startswith("note: ") and "not all finite" in err and err.count("\n") == 1
+    assert done.stderr.startswith("note: ") and "not all finite" in done.stderr and done.stderr.count("\n") == 1
