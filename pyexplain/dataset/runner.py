@@ -42,7 +42,8 @@ from .distributed import Ranks, env_world, rank_device, shard
 from .execution import (DEFAULT_BATCH, MAX_AUTO_BATCH, PROBE_ITERATIONS, PROBE_ROWS, BackoffBatcher, BatchChoice,
                         measured_batch_size, measures_memory, precision)
 from .sources import Source, collect_sources, file_sha256
-from .store import FolderLock, Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest, write_npy, write_png
+from .store import (FolderLock, Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest,
+                    write_npy, write_png)
 
 
 @dataclass(frozen=True)
@@ -278,18 +279,16 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
     records = _Records(config, job.model.name)
 
     failure, lock = None, None
-    if ranks.rank == 0:
-        try:
-            lock = FolderLock.acquire(layout)
-            prepare(layout, config, job.overwrite)
-        except PyExplainError as exc:
-            failure = str(exc)
-    failure = ranks.broadcast(failure)
-    if failure:
-        if lock is not None:
-            lock.release()
-        raise PyExplainError(failure)
     try:
+        if ranks.rank == 0:  # rank 0 holds the folder's lock for the whole run
+            try:
+                lock = FolderLock.acquire(layout)
+                prepare(layout, config, job.overwrite)
+            except PyExplainError as exc:
+                failure = str(exc)
+        failure = ranks.broadcast(failure)
+        if failure:
+            raise PyExplainError(failure)
         return _work_and_summarize(job, ranks, device, info.name, layout, config, sources, records, net, preprocess,
                                    target, options)
     finally:
