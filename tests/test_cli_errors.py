@@ -64,6 +64,8 @@ def test_bad_options_are_refused_by_compare_evaluate_and_explain_dataset(tmp_pat
     code, _, err = run_cli(["explain-dataset", tmp_path, "--out", tmp_path / "ds", *TINY, "--method", "dmbp",
                             "-O", "iterations=2.5"], capsys)
     _refused(code, err, "iterations must be an integer")
+    code, _, err = run_cli(["fit-rules", image, *TINY, "-O", "gamma=abc", "--out", tmp_path / "rules.pt"], capsys)
+    _refused(code, err, "lpr option gamma must be a finite number, got 'abc'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png"]
 
 

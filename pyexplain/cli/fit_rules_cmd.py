@@ -10,9 +10,11 @@ import typer
 from ..api import model_device
 from ..errors import PyExplainError
 from ..io import open_image
+from ..method_options import check_options
 from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_choice
 from ..methods._lpr_rules import fit_rules, rule_summary, save_rules
 from ..models import DEFAULT_MODEL
+from ..registry import get_method
 from . import app
 from .options import (
     DeviceOption, InputSizeOption, MeanOption, ModelOption, RandomWeightsOption, SeedOption, StdOption,
@@ -46,6 +48,7 @@ def fit_rules_command(
     unknown = sorted(set(options) - set(_LOSS_KEYS + _RULE_KEYS))
     if unknown:
         raise PyExplainError(f"fit-rules has no option {unknown[0]!r}; its options: {', '.join(_LOSS_KEYS + _RULE_KEYS)}")
+    options = check_options(get_method("lpr"), options)  # the same types and ranges as lpr's own options
     if iterations < 1 or batch_size < 1 or not lr > 0:
         raise PyExplainError("--iterations and --batch-size must be at least 1 and --lr positive")
     for name, choices in (("mask", MASKS), ("normalize", NORMALIZATIONS), ("variant", VARIANTS)):
