@@ -77,8 +77,9 @@ def _convert(kind: str, value: Any) -> Any:
         number = _as_float(value)
         return _MISSING if number is None else number
     if kind == "str":  # a bare integer is a name too (``-O layer=3``: the module named "3")
-        return str(value) if _as_int(value) is not None and isinstance(value, int) else (
-            value if isinstance(value, str) else _MISSING)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value if isinstance(value, str) else _MISSING
     if kind == "Tensor":
         return value if isinstance(value, Tensor) else _MISSING
     if kind == "os.PathLike":
