@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .errors import PyExplainError
 from .explanation import Explanation
+from .method_options import check_options
 from .registry import MethodResult, get_method
 from .core.targets import ScoreSpec, TargetSpec, Targets, expand_targets
 
@@ -94,6 +95,7 @@ def explain(
     if unknown:
         valid = ", ".join(sorted(info.defaults)) or "none"
         raise PyExplainError(f"method {method!r} has no option {unknown[0]!r}; its options: {valid}")
+    options = check_options(info, options)
     x = validate_images(images, model)
     rows, image_index, explicit = expand_targets(x, target)
     step = batch_size or rows.shape[0]

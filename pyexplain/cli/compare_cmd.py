@@ -39,13 +39,18 @@ def load_one(source: str, model: str, preprocess):
 
 
 def output_paths(images: list[str], out: Path) -> list[Path]:
-    """``--out x.png`` for one image; otherwise ``--out`` is a folder of ``<stem>_compare.png``."""
+    """``--out x.png`` for one image; otherwise ``--out`` is a folder of ``<stem>_compare.png``
+    (checked writable before any work)."""
+    from ..io import check_output_file, check_output_folder
+
     if out.suffix.lower() == ".png" and not out.is_dir():
         if len(images) > 1:
             raise PyExplainError(f"--out {str(out)!r} is one file, but {len(images)} images are compared: give a folder")
+        check_output_file(out)
         return [out]
     if out.suffix and not out.is_dir():
         raise PyExplainError(f"--out must be a .png file or a folder, got {str(out)!r}")
+    check_output_folder(out)
     return [out / f"{stem}.png" for stem in output_stems(images, "compare")]
 
 
@@ -105,7 +110,11 @@ def compare_command(
         except PyExplainError as exc:
             failed.append(f"{name}: {' '.join(str(exc).split())}")
             continue
-        maps[name] = torch.cat([r.map.cpu() for r in rows])
+        stacked = torch.cat([r.map.cpu() for r in rows])
+        if not torch.isfinite(stacked).all():
+            failed.append(f"{name}: the map has NaN or infinite values (the model's output is not finite there)")
+            continue
+        maps[name] = stacked
         signs[name] = get_method(name).map_sign(per_method.get(name, {}))
         if targets is None:  # every method explains the class the first one chose
             targets = torch.cat([r.targets.cpu() for r in rows])

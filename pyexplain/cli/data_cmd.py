@@ -39,12 +39,13 @@ def data_command(
     NAME_i.png images (synthetic: also NAME_i_region.png evidence masks) and labels.json."""
     import numpy as np
 
-    from ..io import atomic_write, save_png
+    from ..io import atomic_write, check_output_folder, save_png
 
     if name not in DATASETS:
         raise PyExplainError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     if n < 1:
         raise PyExplainError(f"--n must be at least 1, got {n}")
+    check_output_folder(out)
     records = []
     if name == "digits":
         from ..data.digits import digits_splits

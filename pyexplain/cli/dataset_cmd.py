@@ -2,7 +2,6 @@
 resumable, and sharded across processes when started by ``torchrun``."""
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -54,9 +53,11 @@ def explain_dataset_command(
     skips finished images; under torchrun the images are shared among the ranks."""
     from ..dataset import Job, run_dataset
     from ..dataset.distributed import env_world
-    from ..io import atomic_write
+    from ..io import atomic_write, check_output_file, json_text
 
     check_method_names([method])
+    if summary is not None:
+        check_output_file(summary, "--summary")
     job = Job(
         src=src, out=out, method=method, options=parse_options(option, [method]).get(method, {}), target=target,
         model=model_spec(model, weights, random_weights, input_size, mean, std, labels),
@@ -67,10 +68,10 @@ def explain_dataset_command(
     if env_world()[0] != 0:
         return
     if summary is not None:
-        text = json.dumps(asdict(result), indent=2) + "\n"
+        text = json_text(asdict(result), indent=2) + "\n"
         atomic_write(summary, lambda tmp: tmp.write_text(text))
-    print(f"{result.explained} explained, {result.already_complete} already complete, {result.unreadable} unreadable "
-          f"of {result.sources} files in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s, "
+    print(f"{result.explained} explained, {result.already_complete} already complete, {result.unreadable} unreadable, "
+          f"{result.failed} failed (non-finite maps) of {result.sources} files in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s, "
           f"{result.world_size} process{'es' if result.world_size > 1 else ''}; batch size {result.batch_size}: "
           f"{result.batch_choice}); manifest: {result.manifest}",
           file=sys.stderr)

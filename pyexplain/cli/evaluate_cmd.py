@@ -3,7 +3,6 @@ methods' maps; prints a table and writes CSV, JSON, curve PNGs and a self-contai
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from pathlib import Path
@@ -78,7 +77,7 @@ def write_outputs(evaluation: Evaluation, out: Path, display: torch.Tensor, titl
 
     from ..evaluation import CURVE_METRICS
     from ..html_report import render
-    from ..io import atomic_write
+    from ..io import atomic_write, json_text
     from ..plots import curve_plot
 
     written = []
@@ -98,7 +97,7 @@ def write_outputs(evaluation: Evaluation, out: Path, display: torch.Tensor, titl
         rows = [[m, f, acc] for m, per in roar_results.items() for f, acc in per.items()]
         written.append(atomic_write(out / "roar.csv", lambda tmp: tmp.write_text(
             "method,fraction,accuracy\n" + "".join(f"{m},{f},{acc}\n" for m, f, acc in rows))))
-    written.append(atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2))))
+    written.append(atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json_text(document, indent=2))))
     plots = {}
     for metric in (m for m in evaluation.metrics if m in CURVE_METRICS):
         curves = {method: per[metric] for method, per in evaluation.curves.items()}
@@ -159,6 +158,7 @@ def evaluate_command(
     import torch
 
     from ..evaluation import display_images, evaluate, evaluate_roar, file_set, load_eval_set
+    from ..io import check_output_folder
     from ..metrics.roar import FILLS
 
     sources = images or ([images_option] if images_option else ["builtin"])
@@ -167,6 +167,7 @@ def evaluate_command(
     per_method = parse_options(option, method_names)
     check_positive(limit, "--limit")
     check_positive(batch_size, "--batch-size")
+    check_output_folder(out)
     with_roar = "roar" in metric_names
     if with_roar:
         from ..data.small_models import check_roar_model

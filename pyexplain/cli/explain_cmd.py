@@ -1,7 +1,6 @@
 """``pyexplain explain IMAGE... --model M --method X``: heatmap PNGs and raw maps for images."""
 from __future__ import annotations
 
-import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -46,6 +45,17 @@ def _display_name(source: str) -> str:
     return source.split(":", 1)[1] if source.startswith("builtin:") else Path(source).name
 
 
+def check_finite_maps(result, images: list[str], method: str) -> None:
+    """Refuse maps with NaN or infinite values (a model that overflows or computes NaN): nothing of
+    the batch is written."""
+    import torch
+
+    for row, name in enumerate(images):
+        if not torch.isfinite(result.map[row]).all():
+            raise PyExplainError(f"{name}: the {method} map has NaN or infinite values (the model's output is not "
+                                 f"finite there); nothing written for it")
+
+
 @app.command("explain")
 def explain_command(
     images: ImagesArgument,
@@ -83,7 +93,7 @@ def explain_command(
     from tqdm import tqdm
 
     from .. import explain as run_explain
-    from ..io import open_image, save_npy, save_png
+    from ..io import check_output_folder, json_text, open_image, save_npy, save_png
     from ..registry import get_method
     from ..visualize import explanation_image, model_picture, sign_of, title_line  # matplotlib: only when drawing
 
@@ -92,6 +102,7 @@ def explain_command(
     check_positive(batch_size, "--batch-size")
     images = expand_images(images)
     info = get_method(method)
+    check_output_folder(out)
     if rules is not None:
         options["rules"] = lpr_rules_for(method, rules, model)
     torch.manual_seed(seed)
@@ -110,9 +121,13 @@ def explain_command(
         chunk = pictures[start:start + batch_size]
         x = torch.cat([preprocess(p) for p in chunk])
         result = run_explain(net, x, method, target=target_index, progress=info.iterative, **options)
+        check_finite_maps(result, images[start:start + len(chunk)], method)
         probabilities = result.logits.softmax(1)
         for row, picture in enumerate(chunk):
             index = start + row
+            if not torch.isfinite(result.logits[row]).all():
+                print(f"note: {images[index]}: the model's scores are not all finite (NaN or infinity); "
+                      f"non-finite numbers are given as null", file=sys.stderr)
             t = int(result.targets[row])
             maps = {"": result.map[row]}
             maps.update({f"_{k}": v[row].sum(0) for k, v in result.extras.items() if v.ndim == 4})
@@ -138,7 +153,7 @@ def explain_command(
         bar.update(len(chunk))
     bar.close()
     if as_json:
-        print(json.dumps(records, indent=2))
+        print(json_text(records, indent=2))
     else:
         for record in records:
             top = record["top5"][0]

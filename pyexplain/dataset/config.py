@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import PyExplainError
 from ..models import Preprocess, load_model
+from ..method_options import check_options
 from ..registry import get_method
 from .sources import file_sha256
 
@@ -69,13 +70,10 @@ class RunConfig:
 
 
 def resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The method's defaults updated with ``options``; unknown options are an error."""
+    """The method's defaults updated with ``options``; unknown options and bad values are an error
+    (:func:`pyexplain.method_options.check_options`)."""
     info = get_method(method)
-    unknown = sorted(set(options) - set(info.defaults))
-    if unknown:
-        valid = ", ".join(sorted(info.defaults)) or "none"
-        raise PyExplainError(f"method {method!r} has no option {unknown[0]!r}; its options: {valid}")
-    return {**info.defaults, **options}
+    return {**info.defaults, **check_options(info, options)}
 
 
 def check_precision(precision: str, device: str) -> str:

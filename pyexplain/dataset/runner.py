@@ -34,14 +34,15 @@ from tqdm import tqdm
 
 from ..api import explain
 from ..errors import PyExplainError
-from ..io import load_image
+from ..io import load_image, max_image_bytes
 from ..registry import get_method
 from .config import ModelSpec, RunConfig, check_precision, resolve_options
 from .distributed import Ranks, env_world, rank_device, shard
 from .execution import (DEFAULT_BATCH, MAX_AUTO_BATCH, PROBE_ITERATIONS, PROBE_ROWS, BackoffBatcher, BatchChoice,
                         measured_batch_size, measures_memory, precision)
 from .sources import Source, collect_sources, file_sha256
-from .store import Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest, write_npy, write_png
+from .store import (FolderLock, Journal, Layout, is_complete, prepare, read_records, same_source, write_manifest,
+                    write_npy, write_png)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Summary:
     explained: int
     already_complete: int
     unreadable: int
+    failed: int  #: read, but not explained (a map with NaN or infinite values)
     seconds: float
     images_per_second: float
     world_size: int
@@ -107,6 +109,10 @@ class _Records:
         return {**self.common, "source": key, "sha256": sha256, "status": "unreadable", "reason": reason,
                 "target": None, "label": None, "score": None, "outputs": {}, "bytes": {}, "notes": []}
 
+    def failed(self, key: str, sha256: str, reason: str) -> dict[str, Any]:
+        """A source that was read but could not be explained (e.g. the model's output is not finite)."""
+        return {**self.unreadable(key, sha256, reason), "status": "failed"}
+
     def ok(self, key: str, sha256: str, target: int, label: str, score: float, outputs: dict[str, str],
            sizes: dict[str, int], notes: list[str]) -> dict[str, Any]:
         return {**self.common, "source": key, "sha256": sha256, "status": "ok", "reason": None, "target": target,
@@ -116,13 +122,9 @@ class _Records:
 def _scan(source: Source, prior: list[dict[str, Any]], layout: Layout, config: RunConfig, want_png: bool,
           records: _Records) -> Verdict:
     try:
-        sha = file_sha256(source.path)
-    except IsADirectoryError:
-        return Verdict(None, records.unreadable(source.key, None, "is a directory, not an image"))
-    except FileNotFoundError:
-        return Verdict(None, records.unreadable(source.key, None, "no such file"))
-    except OSError as exc:
-        return Verdict(None, records.unreadable(source.key, None, f"cannot read ({exc.strerror})"))
+        sha = file_sha256(source.path, max_image_bytes())
+    except PyExplainError as exc:
+        return Verdict(None, records.unreadable(source.key, None, _reason(exc, source)))
     for record in reversed(prior):
         if is_complete(record, layout, config.digest, sha, want_png):
             return Verdict(sha, record)
@@ -132,6 +134,10 @@ def _scan(source: Source, prior: list[dict[str, Any]], layout: Layout, config: R
         except PyExplainError as exc:
             return Verdict(sha, records.unreadable(source.key, sha, _reason(exc, source)))
     return Verdict(sha, None)
+
+
+#: Reason of a failed record whose map has NaN or infinite values.
+NON_FINITE = "the map has NaN or infinite values (the model's output is not finite there); nothing written"
 
 
 def _chunk_seed(seed: int, batch: int, start: int) -> int:
@@ -280,16 +286,27 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
     sources = collect_sources(job.src, exclude=job.out)
     records = _Records(config, job.model.name)
 
-    failure = None
-    if ranks.rank == 0:
-        try:
-            prepare(layout, config, job.overwrite)
-        except PyExplainError as exc:
-            failure = str(exc)
-    failure = ranks.broadcast(failure)
-    if failure:
-        raise PyExplainError(failure)
+    failure, lock = None, None
+    try:
+        if ranks.rank == 0:  # rank 0 holds the folder's lock for the whole run
+            try:
+                lock = FolderLock.acquire(layout)
+                prepare(layout, config, job.overwrite)
+            except PyExplainError as exc:
+                failure = str(exc)
+        failure = ranks.broadcast(failure)
+        if failure:
+            raise PyExplainError(failure)
+        return _work_and_summarize(job, ranks, device, info.name, layout, config, sources, records, net, preprocess,
+                                   target, options)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _work_and_summarize(job: Job, ranks: Ranks, device: str, method: str, layout: Layout, config: RunConfig,
+                        sources: list[Source], records: _Records, net: torch.nn.Module, preprocess,
+                        target: int | None, options: dict[str, Any]) -> Summary:
     journal = Journal(layout.journal(ranks.rank))
     try:
         prior = read_records(layout)
@@ -305,7 +322,7 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
         worker.use_batch_size(batch_size)
         batches = shard(sorted({i // batch_size for i in pending}), ranks.rank, ranks.world)
         started = time.perf_counter()
-        new_records = _work(worker, sources, verdicts, set(pending), batches, batch_size, ranks.rank == 0 and job.progress, info.name)
+        new_records = _work(worker, sources, verdicts, set(pending), batches, batch_size, ranks.rank == 0 and job.progress, method)
         seconds = time.perf_counter() - started
     finally:
         journal.close()
@@ -325,7 +342,8 @@ def _run(job: Job, ranks: Ranks, device: str) -> Summary:
         summary = Summary(
             sources=len(sources), explained=explained,
             already_complete=sum(1 for v in verdicts.values() if v.record is not None and v.record["status"] == "ok"),
-            unreadable=sum(1 for r in final if r["status"] == "unreadable"), seconds=elapsed,
+            unreadable=sum(1 for r in final if r["status"] == "unreadable"),
+            failed=sum(1 for r in final if r["status"] == "failed"), seconds=elapsed,
             images_per_second=explained / elapsed if elapsed > 0 else 0.0, world_size=ranks.world,
             batch_size=batch_size, batch_choice=choice.how, micro_batch=[s["micro_batch"] for s in all_stats],
             peak_rss_mib=[round(s["rss"], 1) for s in all_stats],
@@ -357,7 +375,12 @@ def _work(worker: _Worker, sources: list[Source], verdicts: dict[int, Verdict], 
                 continue
             maps, extras, targets, scores = worker.explain(k, rows)
             for row, (index, picture, notes) in enumerate(rows):
-                if index in pending:
+                if index in pending and not torch.isfinite(maps[row]).all():
+                    record = worker.records.failed(sources[index].key, verdicts[index].sha256, NON_FINITE)
+                    worker.journal.append(record)
+                    written.append(record)
+                    bar.update(1)
+                elif index in pending:
                     written.append(worker.write(
                         sources[index], verdicts[index].sha256, picture, notes, maps[row].numpy(),
                         {name: value[row].numpy() for name, value in extras.items()}, int(targets[row]), float(scores[row])))

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PyExplainError
+from ..io import open_regular, read_bounded
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,7 @@ def _list_key(entry: Path, base: Path) -> str:
 
 
 def _read_list(list_file: Path) -> list[Source]:
-    try:
-        data = list_file.read_bytes()
-    except OSError as exc:
-        raise PyExplainError(f"{list_file}: cannot read ({exc.strerror})") from None
+    data = read_bounded(list_file)
     if b"\0" in data:
         raise PyExplainError(f"{list_file}: SRC is a file but not a list of image paths (one per line)")
     try:
@@ -94,10 +93,11 @@ def collect_sources(src: str | os.PathLike, exclude: str | os.PathLike | None = 
     return [unique[key] for key in sorted(unique)]
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
+def file_sha256(path: str | os.PathLike, limit: int = sys.maxsize) -> str:
+    """Hex SHA-256 of a regular file's bytes; :class:`PyExplainError` for a missing file, a folder, a
+    FIFO, a device or a socket, or a file of more than ``limit`` bytes (:func:`pyexplain.io.open_regular`)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(open_regular(path, limit), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

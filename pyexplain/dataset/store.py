@@ -8,6 +8,10 @@ Layout (``key`` is the source's path relative to SRC)::
     OUT/manifest.jsonl            one record per source, sorted by key (written at the end by rank 0)
     OUT/.pyexplain/run.json       the run's configuration and its digest
     OUT/.pyexplain/journal-<rank>.jsonl   append-only, fsync'd record per finished image
+    OUT/.pyexplain/lock           flock'd by the run using the folder (holds its pid)
+
+One run at a time: a run locks the folder before it deletes, repairs or writes anything in it, and a
+second run on the same folder is refused (:class:`FolderLock`).
 
 Crash safety: every output is written to a temporary file, fsync'd and renamed into place; only then
 is the image's record appended to its rank's journal and fsync'd. A record therefore always
@@ -27,12 +31,15 @@ import numpy as np
 from PIL import Image
 
 from ..errors import PyExplainError
-from ..io import atomic_write
+from ..io import atomic_write, json_text
 from .config import RunConfig, describe_difference
 
 STATE_DIR = ".pyexplain"
 MANIFEST = "manifest.jsonl"
-MANAGED = ("maps", "extras", "png", MANIFEST, STATE_DIR)
+#: The lock file in STATE_DIR (see :class:`FolderLock`).
+LOCK = "lock"
+#: What ``--overwrite`` deletes; STATE_DIR is emptied but for its lock file, run.json last.
+OUTPUTS = ("maps", "extras", "png", MANIFEST)
 
 
 class Layout:
@@ -43,6 +50,7 @@ class Layout:
         self.state = self.root / STATE_DIR
         self.run_file = self.state / "run.json"
         self.manifest = self.root / MANIFEST
+        self.lock = self.state / LOCK
 
     def output(self, kind: str, key: str) -> str:
         """Relative path of output ``kind`` ("map", "png" or an extra's name) for source ``key``."""
@@ -81,19 +89,53 @@ def write_png(path: Path, image: Image.Image) -> int:
     return atomic_write(path, _fsynced(lambda tmp: image.save(tmp, format="PNG"))).stat().st_size
 
 
-def _lock(fd: int, path: Path) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise PyExplainError(f"{path} is in use: another run is writing to this output folder") from None
+class FolderLock:
+    """Exclusive ``flock`` on ``OUT/.pyexplain/lock``, held by one process of a run from before it
+    touches the folder until it has written the manifest.
+
+    The lock file is never deleted or replaced (not even by ``--overwrite``), so every run locks the
+    same inode; it holds the holder's pid for the refusal message. The kernel drops the lock when its
+    holder dies, even by SIGKILL, so a killed run never blocks the next one.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, layout: Layout) -> "FolderLock":
+        """Lock ``layout.root`` (created if missing), or refuse with one line if another run holds it.
+
+        A folder that exists but is not a folder, or is not empty and holds no run, is refused
+        before anything is created in it."""
+        root = layout.root
+        if root.exists() and not root.is_dir():
+            raise PyExplainError(f"--out {root} exists and is not a folder")
+        if root.is_dir() and not layout.state.is_dir() and any(root.iterdir()):
+            raise PyExplainError(f"--out {root} is not empty and holds no pyexplain dataset run; choose an empty or new folder")
+        try:
+            layout.state.mkdir(parents=True, exist_ok=True)
+            fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise PyExplainError(f"--out {root}: cannot write there ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise PyExplainError(f"{root} is in use by another run (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        """Unlock (the file stays, so that the next run locks the same inode)."""
+        os.close(self.fd)
 
 
 def _repair_tail(path: Path) -> None:
     """Drop a torn last line (a write cut short by a kill) so the next append starts on a new line."""
     fd = os.open(path, os.O_RDWR)
     try:
-        _lock(fd, path)
         size = os.fstat(fd).st_size
         if size:
             data = os.pread(fd, size, 0)
@@ -113,15 +155,25 @@ def _remove_temporaries(layout: Layout) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _clear(layout: Layout) -> None:
+    """Delete a previous run's outputs and state, keeping the lock file; run.json goes last, so an
+    interrupted clearing still leaves a folder recognised as a run."""
+    for name in OUTPUTS:
+        path = layout.root / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for path in layout.state.iterdir():
+        if path.name not in (LOCK, layout.run_file.name):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    layout.run_file.unlink(missing_ok=True)
+
+
 def prepare(layout: Layout, config: RunConfig, overwrite: bool) -> None:
-    """Make ``layout.root`` ready for ``config`` (run by one process before any other touches it).
+    """Make ``layout.root`` ready for ``config``; the caller holds its :class:`FolderLock`.
 
     A folder holding a run with another configuration is refused unless ``overwrite``, which
     deletes that run's outputs first; a non-empty folder that holds no run is always refused.
     """
     root = layout.root
-    if root.exists() and not root.is_dir():
-        raise PyExplainError(f"--out {root} exists and is not a folder")
     if layout.run_file.is_file():
         try:
             previous = json.loads(layout.run_file.read_text())
@@ -132,12 +184,11 @@ def prepare(layout: Layout, config: RunConfig, overwrite: bool) -> None:
                 change = describe_difference(previous.get("config", {}), config.as_json())
                 raise PyExplainError(f"{root} holds outputs of a different run ({change}); pass --overwrite to "
                                      f"replace them or choose another --out")
-            for name in MANAGED:
-                path = root / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    elif root.is_dir() and any(root.iterdir()):
+            _clear(layout)
+    elif any(path.name != STATE_DIR for path in root.iterdir()):
         raise PyExplainError(f"--out {root} is not empty and holds no pyexplain dataset run; choose an empty or new folder")
-    layout.state.mkdir(parents=True, exist_ok=True)
+    else:  # a run stopped before it wrote run.json: nothing of it is kept
+        _clear(layout)
     _remove_temporaries(layout)
     for journal in layout.journals():
         _repair_tail(journal)
@@ -152,8 +203,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         new = not path.exists()
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        _lock(self.fd, path)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         if new:  # make the new directory entry durable too
             dir_fd = os.open(path.parent, os.O_RDONLY)
             try:
@@ -162,7 +212,7 @@ class Journal:
                 os.close(dir_fd)
 
     def append(self, record: dict[str, Any]) -> None:
-        os.write(self.fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+        os.write(self.fd, (json_text(record, sort_keys=True) + "\n").encode())
         os.fsync(self.fd)
 
     def close(self) -> None:
@@ -207,5 +257,5 @@ def is_complete(record: dict[str, Any], layout: Layout, digest: str, sha256: str
 
 def write_manifest(layout: Layout, records: Iterable[dict[str, Any]]) -> Path:
     """Write the merged manifest (JSON lines, sorted by source) atomically."""
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in sorted(records, key=lambda r: r["source"]))
+    text = "".join(json_text(r, sort_keys=True) + "\n" for r in sorted(records, key=lambda r: r["source"]))
     return atomic_write(layout.manifest, _fsynced(lambda tmp: tmp.write_text(text)))

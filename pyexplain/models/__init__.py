@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -62,7 +63,7 @@ class Preprocess:
     def class_index(self, name_or_index: str | int) -> int:
         """A class given as an index or a (case-insensitive) class name."""
         text = str(name_or_index).strip()
-        if text.lstrip("-").isdigit():
+        if re.fullmatch(r"[+-]?[0-9]+", text):
             index = int(text)
             if not 0 <= index < len(self.labels):
                 raise PyExplainError(f"target {index} is outside the model's classes 0..{len(self.labels) - 1}")
@@ -86,10 +87,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise PyExplainError(f"weights file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise PyExplainError(f"weights file {str(path)!r} is empty")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise PyExplainError(f"cannot read weights file {str(path)!r}: {str(exc).splitlines()[0]}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise PyExplainError(f"cannot read weights file {str(path)!r}: {reason}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
