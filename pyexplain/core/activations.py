@@ -61,12 +61,16 @@ class ActivationCall:
         return torch.where(x > 0, x, x * self.negative_slope)
 
     def derivative(self, x: Tensor) -> Tensor:
-        """The activation's derivative at ``x`` (its "gate"): ``1[x>0]``, ``1[low<x<high]`` or ``1 / slope``."""
+        """The activation's derivative at ``x`` (its "gate"): ``1[x>0]``, ``1[low<x<high]`` or ``1 / slope``.
+
+        Computed as the activation's backward of ones (float kernels only; comparisons producing
+        boolean tensors are several times slower on CPU)."""
+        ones = torch.ones_like(x)
         if self.kind == "relu":
-            return (x > 0).to(x.dtype)
+            return torch.ops.aten.threshold_backward(ones, x, 0)
         if self.kind == "hardtanh":
-            return ((x > self.low) & (x < self.high)).to(x.dtype)
-        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.negative_slope))
+            return torch.ops.aten.hardtanh_backward(ones, x, self.low, self.high)
+        return torch.ops.aten.leaky_relu_backward(ones, x, self.negative_slope, False)
 
 
 class ActivationRule(Protocol):
