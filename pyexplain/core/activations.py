@@ -65,12 +65,15 @@ class ActivationCall:
 
         Computed as the activation's backward of ones (float kernels only; comparisons producing
         boolean tensors are several times slower on CPU)."""
-        ones = torch.ones_like(x)
+        return self.gate(torch.ones_like(x), x)
+
+    def gate(self, g: Tensor, x: Tensor) -> Tensor:
+        """``g ⊙ φ'(x)``: the activation's own backward of ``g`` at ``x``, in one kernel."""
         if self.kind == "relu":
-            return torch.ops.aten.threshold_backward(ones, x, 0)
+            return torch.ops.aten.threshold_backward(g, x, 0)
         if self.kind == "hardtanh":
-            return torch.ops.aten.hardtanh_backward(ones, x, self.low, self.high)
-        return torch.ops.aten.leaky_relu_backward(ones, x, self.negative_slope, False)
+            return torch.ops.aten.hardtanh_backward(g, x, self.low, self.high)
+        return torch.ops.aten.leaky_relu_backward(g, x, self.negative_slope, False)
 
 
 class ActivationRule(Protocol):

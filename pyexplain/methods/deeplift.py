@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.activations import ActivationCall, inplace_safe, intercept_activations
-from ..core.rules import replace_backward
 from ..core.targets import Targets
 from ..errors import PyExplainError
 from ..registry import register_method
@@ -27,6 +26,19 @@ def reference_like(reference: float | Tensor, x: Tensor, name: str = "reference"
     except RuntimeError:
         raise PyExplainError(
             f"{name} of shape {tuple(ref.shape)} does not broadcast to the input {tuple(x.shape)}") from None
+
+
+class _Rescaled(torch.autograd.Function):
+    """An activation's precomputed ``value`` forwards; ``g_in = g_out ⊙ multiplier`` backwards."""
+
+    @staticmethod
+    def forward(ctx, f: Tensor, value: Tensor, multiplier: Tensor) -> Tensor:
+        ctx.multiplier = multiplier
+        return value
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g * ctx.multiplier, None, None
 
 
 def _pool_call(args: tuple, kwargs: dict) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]], bool]:
@@ -173,11 +185,12 @@ def deeplift(
         delta = f_now - f_ref
         # Float kernels only (boolean masks and torch.where are several times slower on CPU):
         # distinct = 1[|Δ| > eps]; the ratio's denominator is Δ there and Δ + 1 (≈ 1) elsewhere.
-        distinct = torch.threshold(delta.abs(), eps, 0.0).sign_()
+        distinct = torch.threshold_(delta.abs(), eps, 0.0).sign_()
         same = 1 - distinct
-        ratio = (call.forward(f_now) - call.forward(f_ref)) / (delta + same)
-        multiplier = torch.addcmul(ratio.mul_(distinct), call.derivative(f_now), same)
-        return replace_backward(call, f, lambda g: g * multiplier)
+        value = call.forward(f_now)
+        ratio = (value - call.forward(f_ref)).div_(delta.add_(same))
+        multiplier = ratio.mul_(distinct).add_(call.gate(same, f_now))
+        return _Rescaled.apply(f, value, multiplier)
 
     inplace_safe(rescale)  # keeps only the multiplier, never f
     def pool(func, args, kwargs):
