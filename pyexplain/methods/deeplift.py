@@ -150,7 +150,7 @@ def _mismatch(what: str) -> PyExplainError:
     description="DeepLIFT rescale rule: differences from a reference (zero by default) propagated as multipliers",
     paper="Shrikumar, Greenside, Kundaje: Learning Important Features Through Propagating Activation Differences "
           "(ICML 2017)",
-    cost="2 forwards + 1 backward",
+    cost="1 forward + 1 backward (+ 1 forward of a constant reference per model state and image shape, at batch 1)",
 )
 def deeplift(
     model: nn.Module, x: Tensor, targets: Targets, *, reference: float | Tensor = 0.0, maxpool: str = "rescale",
