@@ -46,26 +46,27 @@ def _gate_from_output(call: ActivationCall, g: Tensor, y: Tensor) -> Tensor:
 
 
 class _RectifiedBackward(torch.autograd.Function):
-    """``φ(f)`` forwards; ``g_in = max(g_out, 0)``, times ``φ'(f)`` when ``gated``, backwards.
+    """``φ(f)`` forwards; ``g_in = max(g_out, 0)``, times ``φ'(f)`` when ``gated``, backwards (without
+    the ``max`` while ``switch.rectify`` is False: the plain gradient).
 
     Saves only the output (never ``f``), so the interception may pass an in-place activation's
     input without copying it first (see :func:`inplace_safe`)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, call: ActivationCall, gated: bool) -> Tensor:
+    def forward(ctx, x: Tensor, call: ActivationCall, gated: bool, switch: "RectifySwitch | None" = None) -> Tensor:
         y = call.forward(x)
-        ctx.call, ctx.gated = call, gated
+        ctx.call, ctx.gated, ctx.switch = call, gated, switch
         if gated:
             ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, g_out: Tensor):
-        g = g_out.clamp(min=0)
+        g = g_out.clamp(min=0) if ctx.switch is None or ctx.switch.rectify else g_out
         if ctx.gated:
             (y,) = ctx.saved_tensors
             g = _gate_from_output(ctx.call, g, y)
-        return g, None, None
+        return g, None, None, None
 
 
 def _output_gates(call: ActivationCall) -> bool:
@@ -86,3 +87,19 @@ def guided_backprop_rule(call: ActivationCall, x: Tensor) -> Tensor:
 def deconvnet_rule(call: ActivationCall, x: Tensor) -> Tensor:
     """Deconvnet (Zeiler & Fergus 2014): ``g_in = max(g_out, 0)``, ignoring the forward gate."""
     return _RectifiedBackward.apply(x, call, False)
+
+
+class RectifySwitch:
+    """Chooses, at backward time, between Guided Backprop's rectified backward and the plain
+    gradient for the activations of one forward pass (:meth:`rule`): one forward serves both."""
+
+    def __init__(self) -> None:
+        self.rectify = True
+
+    def rule(self, call: ActivationCall, x: Tensor) -> Tensor:
+        if _output_gates(call):
+            return _RectifiedBackward.apply(x, call, True, self)
+        gate = call.derivative(x.detach())
+        return replace_backward(call, x, lambda g: (g.clamp(min=0) if self.rectify else g) * gate)
+
+    rule.inplace_safe = True
