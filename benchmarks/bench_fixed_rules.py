@@ -2,11 +2,11 @@
 difference, and time per forward pass, on EfficientNet-Lite0, VGG16 and ResNet-50 at batch 1 and 8.
 
     python benchmarks/bench_fixed_rules.py [--models efficientnet_lite0,vgg16,resnet50] [--batches 1,8]
-                                           [--rounds 3] [--rounds-large 2]
+                                           [--methods saliency,...] [--rounds 3] [--rounds-large 2]
 
 One intra-op thread, the main thread's CPU time (``time.thread_time``); per model and batch, every
 candidate (the forward pass, each pyexplain method, each peer) runs once per round, interleaved,
-and the fastest round counts. ``--rounds-large`` applies to VGG16 and ResNet-50 at batch > 1.
+and the fastest round counts; the order reverses every round. ``--rounds-large`` applies to VGG16 and ResNet-50 at batch > 1.
 Random weights for VGG16 and ResNet-50, real ones for EfficientNet-Lite0; one random input per
 model and batch, targets the top-1 classes. Peers run on the adaptations the tests use
 (tests/baseline_oracles.py), built before timing. The map difference is
@@ -81,7 +81,7 @@ def largest_difference(method: str, ours: torch.Tensor, theirs: torch.Tensor) ->
     return float((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1e-30))
 
 
-def run(name: str, batch: int, rounds: int) -> list[str]:
+def run(name: str, batch: int, rounds: int, methods: tuple[str, ...] = METHODS) -> list[str]:
     model, _ = pyexplain.load_model(name, random_weights=name != "efficientnet_lite0")
     model.eval()
     for p in model.parameters():
@@ -96,7 +96,7 @@ def run(name: str, batch: int, rounds: int) -> list[str]:
 
     candidates: dict[str, Callable[[], torch.Tensor]] = {"forward": forward}
     peers: dict[str, str] = {}
-    for method in METHODS:
+    for method in methods:
         candidates[method] = lambda m=method: pyexplain.explain(model, x, m, target=targets).attribution
         found = peer(method, model, x, targets)
         if found:
@@ -104,14 +104,16 @@ def run(name: str, batch: int, rounds: int) -> list[str]:
             candidates["peer:" + method] = found[1]
     best = {key: float("inf") for key in candidates}
     outputs: dict[str, torch.Tensor] = {}
+    order = list(candidates.items())
     for _ in range(rounds):
-        for key, fn in candidates.items():
+        order.reverse()  # each candidate runs both before and after its peer (allocator and cache state)
+        for key, fn in order:
             start = time.thread_time()
             out = fn()
             best[key] = min(best[key], time.thread_time() - start)
             outputs[key] = out.detach()
     rows = []
-    for method in METHODS:
+    for method in methods:
         ratio_forward = best[method] / best["forward"]
         if method in peers:
             theirs = outputs["peer:" + method]
@@ -128,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="efficientnet_lite0,vgg16,resnet50")
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rounds-large", type=int, default=2)
     args = parser.parse_args()
@@ -142,7 +145,7 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         for name in args.models.split(","):
             rounds = args.rounds_large if batch > 1 and name != "efficientnet_lite0" else args.rounds
-            for row in run(name, batch, rounds):
+            for row in run(name, batch, rounds, tuple(args.methods.split(","))):
                 print(row, flush=True)
     print(f"# wall time {time.perf_counter() - start:.0f} s")
 
