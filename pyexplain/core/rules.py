@@ -96,10 +96,9 @@ class RectifySwitch:
     def __init__(self) -> None:
         self.rectify = True
 
+    @inplace_safe
     def rule(self, call: ActivationCall, x: Tensor) -> Tensor:
         if _output_gates(call):
             return _RectifiedBackward.apply(x, call, True, self)
         gate = call.derivative(x.detach())
         return replace_backward(call, x, lambda g: (g.clamp(min=0) if self.rectify else g) * gate)
-
-    rule.inplace_safe = True
