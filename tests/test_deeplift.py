@@ -68,3 +68,39 @@ def test_bad_options():
         pyexplain.explain(model, x, "deeplift", reference=torch.zeros(2, 3, 16, 16))
     with pytest.raises(PyExplainError, match="maxpool"):
         pyexplain.explain(model, x, "deeplift", maxpool="max")
+
+
+def _edit_data(model):
+    model.features[4].weight.data = model.features[4].weight.data * 1.5
+
+
+def _edit_in_place(model):
+    with torch.no_grad():
+        model.features[1].running_mean.add_(0.5)
+
+
+def _load_state_dict(model):
+    torch.manual_seed(5)
+    model.load_state_dict(randomize_batchnorm(SmallVGG(), seed=5).double().state_dict())
+
+
+def _swap_module(model):
+    torch.manual_seed(6)
+    model.features[7] = torch.nn.Conv2d(16, 16, 3, padding=1).double()
+
+
+@pytest.mark.parametrize("edit", [_edit_data, _edit_in_place, _load_state_dict, _swap_module])
+def test_cached_reference_follows_model_changes(edit):
+    """The constant reference's pass is cached per model; after each kind of change the result equals
+    a fresh copy's (which has no cache entry), and differs from the result before the change."""
+    torch.manual_seed(4)
+    model = randomize_batchnorm(SmallVGG()).double().eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    before = pyexplain.explain(model, x, "deeplift", target=[1, 2], reference=0.2).attribution
+    torch.testing.assert_close(pyexplain.explain(model, x, "deeplift", target=[1, 2], reference=0.2).attribution,
+                               before, rtol=0, atol=0)  # served from the cache: the same numbers
+    edit(model)
+    after = pyexplain.explain(model, x, "deeplift", target=[1, 2], reference=0.2).attribution
+    fresh = pyexplain.explain(copy.deepcopy(model), x, "deeplift", target=[1, 2], reference=0.2).attribution
+    torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(after, before, rtol=1e-6)

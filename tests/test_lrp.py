@@ -116,3 +116,45 @@ def test_untraceable_model_needs_fold_batchnorm_false():
     with pytest.raises(PyExplainError, match="fold_batchnorm=False"):
         pyexplain.explain(model, x, "lrp_epsilon")
     assert pyexplain.explain(model, x, "lrp_epsilon", fold_batchnorm=False).attribution.shape == x.shape
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    torch.manual_seed(0)
+    return randomize_batchnorm(torchvision.models.resnet50(num_classes=10)).double().eval()
+
+
+@pytest.mark.slow
+def test_resnet50_matches_zennit_when_its_batchnorm_merge_is_exact(resnet50):
+    # Bottlenecks with downsample branches: BN folded into every convolution (the downsample's too),
+    # both summands of each residual add split in proportion. Agreement to float64 rounding.
+    model = _exact_bn_merge(copy.deepcopy(resnet50))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ours = pyexplain.explain(model, x, "lrp_epsilon", target=[1, 8], epsilon=EPS).attribution
+    _close(ours, zennit_epsilon_lrp(copy.deepcopy(model), x, [1, 8], EPS, [ResNetCanonizer()]))
+
+
+@pytest.mark.slow
+def test_zennit_batchnorm_merge_keeps_a_scale_on_resnet50(resnet50):
+    """The whole ε-LRP difference to Zennit on ResNet-50 with BN ε ≠ 0: Zennit's merge resets each
+    BatchNorm's statistics and affine parameters but keeps its ε, so every merged BN still divides
+    by √(1+ε) (relevance passes through it). Zennit's canonized network is the model with each BN's
+    γ and β scaled by 1/√(1+ε), not the model; pyexplain folds exactly."""
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    canonized = copy.deepcopy(resnet50)
+    handles = ResNetCanonizer().apply(canonized)
+    with torch.no_grad():
+        zennit_logits = canonized(x)
+    for handle in handles:
+        handle.remove()
+    scaled = copy.deepcopy(resnet50)
+    with torch.no_grad():
+        for bn in scaled.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.mul_((1 + bn.eps) ** -0.5)
+                bn.bias.mul_((1 + bn.eps) ** -0.5)
+        torch.testing.assert_close(zennit_logits, scaled(x), rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(zennit_logits, resnet50(x), rtol=1e-8, atol=0)
+    ours = pyexplain.explain(resnet50, x, "lrp_epsilon", target=[1, 8], epsilon=EPS).attribution
+    theirs = zennit_epsilon_lrp(copy.deepcopy(resnet50), x, [1, 8], EPS, [ResNetCanonizer()])
+    assert not torch.allclose(ours, theirs, rtol=1e-7, atol=1e-10 * theirs.abs().max().item())

@@ -12,12 +12,13 @@ The model itself is never modified. An in-place activation returns the rule's re
 tensor (so a tensor captured before the activation keeps its place in the graph) and also writes
 the values into its input, unrecorded: code that calls ``x.relu_()`` as a statement and ignores
 the result gets the right forward values, but its backward bypasses the rule (all common
-architectures use the return value). The only hooks are two global module hooks that track the name of the
-module being run; both are removed on exit, also when the forward raises.
+architectures use the return value). No hooks are installed: the name of the module running a call
+is read off the Python call stack (the innermost ``Module.__call__`` of one of the model's modules).
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
@@ -60,18 +61,32 @@ class ActivationCall:
         return torch.where(x > 0, x, x * self.negative_slope)
 
     def derivative(self, x: Tensor) -> Tensor:
-        """The activation's derivative at ``x`` (its "gate"): ``1[x>0]``, ``1[low<x<high]`` or ``1 / slope``."""
+        """The activation's derivative at ``x`` (its "gate"): ``1[x>0]``, ``1[low<x<high]`` or ``1 / slope``.
+
+        Computed as the activation's backward of ones (float kernels only; comparisons producing
+        boolean tensors are several times slower on CPU)."""
+        return self.gate(torch.ones_like(x), x)
+
+    def gate(self, g: Tensor, x: Tensor) -> Tensor:
+        """``g ⊙ φ'(x)``: the activation's own backward of ``g`` at ``x``, in one kernel."""
         if self.kind == "relu":
-            return (x > 0).to(x.dtype)
+            return torch.ops.aten.threshold_backward(g, x, 0)
         if self.kind == "hardtanh":
-            return ((x > self.low) & (x < self.high)).to(x.dtype)
-        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.negative_slope))
+            return torch.ops.aten.hardtanh_backward(g, x, self.low, self.high)
+        return torch.ops.aten.leaky_relu_backward(g, x, self.negative_slope, False)
 
 
 class ActivationRule(Protocol):
     """Decides what an activation call returns, given the call and its input."""
 
     def __call__(self, call: ActivationCall, x: Tensor) -> Tensor: ...
+
+
+def inplace_safe(rule: ActivationRule) -> ActivationRule:
+    """Mark ``rule`` as keeping no reference to its input's values for the backward pass (it reads
+    them only during the call): an in-place activation then hands it its input without a copy."""
+    rule.inplace_safe = True
+    return rule
 
 
 def identity_rule(call: ActivationCall, x: Tensor) -> Tensor:
@@ -166,11 +181,12 @@ class _Interceptor(TorchFunctionMode):
             tracker.calls.append(call)
             if not inplace:
                 return tracker.rule(call, x)
-            # In-place form: the rule runs on a copy and its result is returned (so tensors captured
-            # before the activation, e.g. a BN output, keep their place in the graph), and the values
-            # are also written into x, unrecorded, so a caller that ignores the return value still
-            # sees the activation's values in the forward pass.
-            result = tracker.rule(call, x.clone())
+            # In-place form: the rule runs on a copy (on x itself for an inplace_safe rule) and its
+            # result is returned (so tensors captured before the activation, e.g. a BN output, keep
+            # their place in the graph), and the values are also written into x, unrecorded, so a
+            # caller that ignores the return value still sees the activation's values in the
+            # forward pass.
+            result = tracker.rule(call, x if tracker.rule_inplace_safe else x.clone())
             with torch.no_grad():
                 x.copy_(result)
             return result
@@ -191,10 +207,26 @@ class ActivationTracker:
     op_handlers: dict[Callable, OpHandler] = field(default_factory=dict)
     calls: list[ActivationCall] = field(default_factory=list)
     other_nonlinearities: Counter = field(default_factory=Counter)
-    _module_stack: list[str] = field(default_factory=list)
+    module_names: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rule_inplace_safe = getattr(self.rule, "inplace_safe", False)
 
     def current_module(self) -> str:
-        return self._module_stack[-1] if self._module_stack else ""
+        """Name of the innermost of the model's modules whose ``__call__`` is running ("" for the root
+        model or outside any)."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code is _MODULE_CALL:
+                name = self.module_names.get(id(frame.f_locals.get("self")))
+                if name is not None:
+                    return name
+            frame = frame.f_back
+        return ""
+
+
+#: The code object every ``nn.Module.__call__`` runs in (once per module call, hooks or not).
+_MODULE_CALL = nn.Module._call_impl.__code__
 
 
 @contextlib.contextmanager
@@ -211,26 +243,10 @@ def intercept_activations(
             logits = model(x)
         tracker.calls  # the ActivationCall list, in call order
     """
-    tracker = ActivationTracker(rule=rule, op_handlers=dict(op_handlers or {}))
-    names = {id(m): name for name, m in model.named_modules()}
-
-    def push(module, args):
-        name = names.get(id(module))
-        if name is not None:
-            tracker._module_stack.append(name)
-
-    def pop(module, args, output):
-        if id(module) in names and tracker._module_stack:
-            tracker._module_stack.pop()
-
-    pre = nn.modules.module.register_module_forward_pre_hook(push)
-    post = nn.modules.module.register_module_forward_hook(pop, always_call=True)
-    try:
-        with _Interceptor(tracker):
-            yield tracker
-    finally:
-        pre.remove()
-        post.remove()
+    tracker = ActivationTracker(rule=rule, op_handlers=dict(op_handlers or {}),
+                                module_names={id(m): name for name, m in model.named_modules()})
+    with _Interceptor(tracker):
+        yield tracker
 
 
 def list_activation_calls(model: nn.Module, x: Tensor) -> ActivationTracker:

@@ -16,6 +16,10 @@ _POOLING = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.mod
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        pass
     modules = dict(model.named_modules())
     if name not in modules:
         spatial = [n for n, m in modules.items() if n and isinstance(m, (nn.Conv2d, nn.Sequential))][-5:]

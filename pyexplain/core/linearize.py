@@ -41,7 +41,8 @@ def activation_offset(call: ActivationCall, pre: Tensor) -> Tensor | None:
     """
     if call.kind != "hardtanh":
         return None
-    return call.forward(pre) - call.derivative(pre) * pre
+    # φ'(f)·f is hardtanh's backward of f itself (float kernels only, no boolean masks).
+    return call.forward(pre) - torch.ops.aten.hardtanh_backward(pre, pre, call.low, call.high)
 
 
 # Self-gated activations φ(f) = f · g(f): linearized as g(f₀) ⊙ f, like ReLU = f · 1[f>0].

@@ -71,21 +71,30 @@ def fullgrad_decompose(model: nn.Module, x: Tensor, targets: Targets) -> FullGra
     return FullGradDecomposition(grads[0] * x.detach(), terms)
 
 
-def _normalize(term: Tensor, eps: float = 1e-6) -> Tensor:
-    """``ψ``: absolute value, then per-image min–max scaling over all channels and positions."""
-    flat = term.abs().flatten(1)
-    low = flat.min(1, keepdim=True).values
-    high = (flat - low).max(1, keepdim=True).values
-    return ((flat - low) / (high + eps)).view_as(term)
+def _normalized_channel_sum(term: Tensor, eps: float = 1e-6) -> Tensor:
+    """``Σ_c ψ(term)`` ``[N, ...]``, ``ψ`` the absolute value min–max scaled per image over all channels
+    and positions: ``(Σ_c |t| − C·min|t|) / (max|t| − min|t| + eps)``."""
+    magnitude = term.abs()
+    flat = magnitude.flatten(1)
+    low, high = flat.amin(1), flat.amax(1)  # two fast reductions (aminmax over a dim is slower here)
+    shape = (-1,) + (1,) * (term.ndim - 2)
+    return (magnitude.sum(1) - term.shape[1] * low.view(shape)) / (high - low + eps).view(shape)
 
 
 def fullgrad_map(decomposition: FullGradDecomposition, size: tuple[int, int]) -> Tensor:
-    """The FullGrad saliency ``S`` ``[N, H, W]`` from a decomposition."""
-    saliency = _normalize(decomposition.input_term).sum(1)
+    """The FullGrad saliency ``S`` ``[N, H, W]`` from a decomposition.
+
+    Upsampling is linear, so the channel-summed bias maps of one resolution are added first and
+    upsampled once per resolution."""
+    saliency = _normalized_channel_sum(decomposition.input_term)
+    by_size: dict[tuple[int, int], Tensor] = {}
     for term in decomposition.bias_terms:
         if term.value.ndim == 4:
-            channel_sum = _normalize(term.value).sum(1, keepdim=True)
-            saliency = saliency + F.interpolate(channel_sum, size=size, mode="bilinear", align_corners=True)[:, 0]
+            channel_sum = _normalized_channel_sum(term.value)
+            key = tuple(channel_sum.shape[-2:])
+            by_size[key] = channel_sum if key not in by_size else by_size[key] + channel_sum
+    for channel_sum in by_size.values():
+        saliency = saliency + F.interpolate(channel_sum[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
     return saliency
 
 

@@ -37,8 +37,10 @@ _FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakr
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + ε·sign(z)`` with ``sign(0) = +1``."""
-    return z + epsilon * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
+    """``z + ε·sign(z)`` with ``sign(0) = +1``.
+
+    The sign is ``sign(sign(z) + ½)`` (±1 exactly, +1 at ±0): float kernels only, no boolean mask."""
+    return torch.add(z, torch.sign(z).add_(0.5).sign_(), alpha=epsilon)
 
 
 class _EpsilonRule(torch.autograd.Function):
