@@ -111,13 +111,16 @@ def test_help_has_metavars_and_no_markup(capsys):
 
 
 def test_method_options_one_and_several_methods():
-    assert parse_options(["steps=3", "layer=features.3"], ["gradcam"]) == {"gradcam": {"steps": 3, "layer": "features.3"}}
+    assert parse_options(["interpolation=nearest", "layer=features.3"], ["gradcam"]) == {
+        "gradcam": {"interpolation": "nearest", "layer": "features.3"}}
     assert parse_options(["gradcam.layer=features.3"], ["gradcam"]) == {"gradcam": {"layer": "features.3"}}
     assert parse_options(["gradcam.layer=x", "saliency.absolute=False"], ["gradcam", "saliency"]) == {
         "gradcam": {"layer": "x"}, "saliency": {"absolute": False}}
     assert parse_options([], ["gradcam", "saliency"]) == {}
     for pairs, methods, message in [
-        (["steps=3"], ["gradcam", "saliency"], "write METHOD.KEY=VALUE"),
+        (["layer=x"], ["gradcam", "saliency"], "write METHOD.KEY=VALUE"),
+        (["steps=3"], ["gradcam"], "has no option 'steps'"),
+        (["integrated_gradients.steps=abc"], ["integrated_gradients"], "steps"),
         (["saliency.absolute=False"], ["gradcam"], "which is not chosen"),
         (["steps"], ["gradcam"], "is not KEY=VALUE"),
     ]:

@@ -52,12 +52,15 @@ def fit_rules_command(
     from ..api import model_device
     from ..io import open_image
     from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_choice
+    from ..method_options import check_options
     from ..methods._lpr_rules import fit_rules, rule_summary, save_rules
+    from ..registry import get_method
 
-    options = parse_options(option, ["lpr"]).get("lpr", {})
+    options = parse_options(option, ["lpr"], check=False).get("lpr", {})
     unknown = sorted(set(options) - set(_LOSS_KEYS + _RULE_KEYS))
     if unknown:
         raise PyExplainError(f"fit-rules has no option {unknown[0]!r}; its options: {', '.join(_LOSS_KEYS + _RULE_KEYS)}")
+    options = check_options(get_method("lpr"), options)  # the same types and ranges as lpr's own options
     check_positive(iterations, "--iterations")
     check_positive(batch_size, "--batch-size")
     if not lr > 0:

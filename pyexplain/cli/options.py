@@ -118,10 +118,11 @@ def parse_method_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-def parse_options(pairs: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+def parse_options(pairs: list[str], methods: list[str], check: bool = True) -> dict[str, dict[str, Any]]:
     """``-O`` values for the chosen ``methods``: ``METHOD.KEY=VALUE`` → that method's options; a plain
     ``KEY=VALUE`` → the one method's (an error when several are chosen). Each value is checked against
-    the type and range its method declares (:func:`pyexplain.method_options.check_options`)."""
+    the type and range its method declares (:func:`pyexplain.method_options.check_options`) unless
+    ``check`` is false (for a command that accepts a subset of a method's options and checks them itself)."""
     options: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for pair in pairs:
         head, dot, rest = pair.partition(".")
@@ -134,6 +135,8 @@ def parse_options(pairs: list[str], methods: list[str]) -> dict[str, dict[str, A
         else:
             raise PyExplainError(f"option {pair!r}: several methods are chosen, write METHOD.KEY=VALUE")
         options[method].update(parse_method_options([rest]))
+    if not check:
+        return {m: o for m, o in options.items() if o}
     from ..method_options import check_options  # the methods' declared types and ranges
     from ..registry import get_method
 
