@@ -16,6 +16,8 @@ from .errors import PyExplainError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The attribute on which :func:`pyexplain.load_model` records a model's :class:`Preprocess`.
+PREPROCESS_ATTRIBUTE = "pyexplain_preprocess"
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                   "nearest": Image.Resampling.NEAREST}
 

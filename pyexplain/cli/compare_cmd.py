@@ -15,6 +15,7 @@ from ..models import DEFAULT_MODEL, SMALL_MODELS, load_model
 from ..plots import compare_figure
 from . import app
 from .evaluate_cmd import parse_methods, parse_per_method_options
+from .options import OfflineOption
 from .options import (
     DeviceOption, ModelOption, PerMethodOptions, SeedOption, WeightsOption, resolve_device)
 
@@ -43,6 +44,7 @@ def compare_command(
     out: Path = typer.Option(Path("compare.png"), "--out", "-o", help="Output PNG."),
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    offline: OfflineOption = False,
     option: PerMethodOptions = [],
     seed: SeedOption = 0,
 ) -> None:

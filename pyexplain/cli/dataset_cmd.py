@@ -16,6 +16,7 @@ from ..dataset.distributed import env_world
 from ..io import atomic_write
 from ..models import DEFAULT_MODEL
 from . import app
+from .options import OfflineOption
 from .options import (
     InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption, RandomWeightsOption, SeedOption,
     StdOption, WeightsOption, model_spec, parse_method_options, resolve_device)
@@ -32,6 +33,7 @@ def explain_dataset_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (each torchrun rank uses cuda:LOCAL_RANK)."),
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

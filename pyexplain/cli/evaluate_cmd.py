@@ -20,6 +20,7 @@ from ..models import DEFAULT_MODEL, load_model
 from ..plots import curve_plot
 from ..registry import get_method, list_methods
 from . import app
+from .options import OfflineOption
 from .options import (
     DeviceOption, PerMethodOptions, WeightsOption, parse_method_options, resolve_device)
 
@@ -130,6 +131,7 @@ def evaluate_command(
     out: Path = typer.Option(Path("pyexplain-eval"), "--out", "-o", help="Output directory."),
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    offline: OfflineOption = False,
     option: PerMethodOptions = [],
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per forward pass."),
     flip_steps: int = typer.Option(20, "--flip-steps", help="MoRF/LeRF steps up to 5% of the image."),

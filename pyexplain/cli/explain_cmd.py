@@ -19,6 +19,7 @@ from ..models import DEFAULT_MODEL
 from ..registry import get_method
 from ..visualize import overlay
 from . import app
+from .options import OfflineOption
 from .options import (
     DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodOptions, ModelOption,
     RandomWeightsOption, SeedOption, StdOption, WeightsOption, model_spec, parse_method_options,
@@ -59,6 +60,7 @@ def explain_command(
     as_json: bool = typer.Option(False, "--json", help="Print predictions, target and written paths as JSON."),
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

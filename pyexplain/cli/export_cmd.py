@@ -10,6 +10,7 @@ import typer
 from ..api import _input_channels as input_channels
 from ..models import DEFAULT_MODEL, load_model
 from . import app
+from .options import OfflineOption
 from .options import (
     MethodOptions, ModelOption, RandomWeightsOption, WeightsOption, parse_method_options)
 
@@ -24,6 +25,7 @@ def export_command(
     rules: Optional[Path] = typer.Option(None, "--rules", help="LPR channel rules file (from `pyexplain fit-rules`)."),
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side length (default: the model's)."),
     option: MethodOptions = [],
 ) -> None:

@@ -14,6 +14,7 @@ from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_ch
 from ..methods._lpr_rules import fit_rules, rule_summary, save_rules
 from ..models import DEFAULT_MODEL
 from . import app
+from .options import OfflineOption
 from .options import (
     DeviceOption, InputSizeOption, MeanOption, ModelOption, RandomWeightsOption, SeedOption, StdOption,
     WeightsOption, model_spec, parse_method_options, resolve_device)
@@ -35,6 +36,7 @@ def fit_rules_command(
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

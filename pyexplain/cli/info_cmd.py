@@ -1,15 +1,18 @@
 """``pyexplain models`` and ``pyexplain methods``."""
 from __future__ import annotations
 
-from ..models import DEFAULT_MODEL, SMALL_MODELS, TORCHVISION_MODELS, weights_status
+from ..models import DEFAULT_MODEL, SMALL_MODELS, weights_status
 from ..registry import list_methods
 from . import app
 
 
 @app.command("models")
 def models_command() -> None:
-    """List the known models and where their ImageNet weights come from here."""
-    for name in (DEFAULT_MODEL,) + TORCHVISION_MODELS:
+    """List the known models and how their ImageNet weights are had here (embedded, cached, or downloaded
+    on first use)."""
+    from ..models.torchvision_models import torchvision_names
+
+    for name in (DEFAULT_MODEL, *torchvision_names()):
         print(f"{name:20s} {weights_status(name)}")
     for name in SMALL_MODELS:
         print(f"{name:20s} trained by pyexplain on first use, cached (pyexplain train {name})")

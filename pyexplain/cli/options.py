@@ -3,6 +3,7 @@ options and number lists."""
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,11 +13,23 @@ import typer
 from ..dataset.config import ModelSpec
 from ..errors import PyExplainError
 from ..models import read_labels
+from ..models.hub import OFFLINE_ENV
 
 # Options declared once for every command that loads a model (``name: ModelOption = DEFAULT_MODEL``).
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Model name, or package.module:factory.")]
 WeightsOption = Annotated[Optional[Path], typer.Option("--weights", help="State-dict file (weights_only).")]
 RandomWeightsOption = Annotated[bool, typer.Option("--random-weights", help="Random weights (speed work only).")]
+
+
+def _forbid_downloads(offline: bool) -> bool:
+    """``--offline``: no weights are downloaded (as ``PYEXPLAIN_OFFLINE=1``, which model loading reads)."""
+    if offline:
+        os.environ[OFFLINE_ENV] = "1"
+    return offline
+
+
+OfflineOption = Annotated[bool, typer.Option("--offline", callback=_forbid_downloads,
+                                             help="Never download weights (also PYEXPLAIN_OFFLINE=1).")]
 InputSizeOption = Annotated[Optional[int], typer.Option("--input-size", help="Input side length (own models).")]
 MeanOption = Annotated[Optional[str], typer.Option("--mean", help="Normalization mean, e.g. 0.5,0.5,0.5.")]
 StdOption = Annotated[Optional[str], typer.Option("--std", help="Normalization std.")]

