@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .errors import PyExplainError
 from .explanation import Explanation
 from .registry import MethodResult, get_method
+from .core.model_output import OutputSelector, logits_model
 from .core.targets import ScoreSpec, TargetSpec, Targets, expand_targets
 
 
@@ -80,6 +81,7 @@ def explain(
     score: ScoreSpec = "logit",
     batch_size: int | None = None,
     progress: bool = False,
+    output: OutputSelector | None = None,
     **options: Any,
 ) -> Explanation:
     """Explain ``model``'s decision on ``images`` with ``method``.
@@ -87,6 +89,8 @@ def explain(
     ``target``: ``None`` for each image's top-1 class, an int for all, one int per image, or a list
     of classes per image (each image is then explained once per class). ``score`` is what is
     differentiated (logit by default). ``batch_size`` bounds how many rows run at once.
+    The model may return a tensor, a tuple (first element), a mapping with ``"logits"`` or an object
+    with ``.logits``; ``output`` is a callable selecting the ``[N, K]`` logits from anything else.
     ``options`` are the method's own (see ``pyexplain methods``); unknown ones are an error.
     """
     info = get_method(method)
@@ -99,6 +103,7 @@ def explain(
     step = batch_size or rows.shape[0]
     parts: list[tuple[Tensor, dict[str, Tensor], Targets]] = []
     with eval_mode(model):
+        model = logits_model(model, x, output)
         for start in range(0, rows.shape[0], step):
             chunk_targets = None if explicit is None else explicit[start:start + step]
             parts.append(_run_method(info, model, rows[start:start + step], chunk_targets, score, options, progress))
