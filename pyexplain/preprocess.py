@@ -90,20 +90,25 @@ class Preprocess:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
 
     def class_index(self, name_or_index: str | int) -> int:
-        """A class given as an index or a name. Names match case-insensitively, ``_``/``-`` as spaces;
-        a comma-separated list of synonyms (``"tabby, tabby cat"``) matches when one of them does; a
-        name whose words contain exactly one class name's words (``"tabby cat"`` → ``tabby``) matches it."""
-        text = str(name_or_index).strip()
-        if text.lstrip("-").isdigit():
-            index = int(text)
-            if not 0 <= index < len(self.labels):
-                raise PyExplainError(f"target {index} is outside the model's classes 0..{len(self.labels) - 1}")
-            return index
-        return find_class(self.labels, text)
+        """A class given as an index or a name (see :func:`class_index`)."""
+        return class_index(self.labels, name_or_index)
+
+
+def class_index(labels: tuple[str, ...], name_or_index: str | int) -> int:
+    """A class given as an index or a name. Names match case-insensitively, ``_``/``-`` as spaces;
+    a comma-separated list of synonyms (``"tabby, tabby cat"``) matches when one of them does; a
+    name whose words contain exactly one class name's words (``"tabby cat"`` → ``tabby``) matches it."""
+    text = str(name_or_index).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(labels):
+            raise PyExplainError(f"target {index} is outside the model's classes 0..{len(labels) - 1}")
+        return index
+    return find_class(labels, text)
 
 
 def find_class(labels: tuple[str, ...], text: str) -> int:
-    """Index of class ``text`` in ``labels`` (see :meth:`Preprocess.class_index`), else a one-line error."""
+    """Index of class name ``text`` in ``labels`` (see :func:`class_index`), else a one-line error."""
     words = [_words(label) for label in labels]
     queries = [_words(text)] + [_words(part) for part in text.split(",") if part.strip()]
     for query in queries:
