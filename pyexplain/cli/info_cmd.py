@@ -16,6 +16,8 @@ def models_command() -> None:
         print(f"{name:20s} {weights_status(name)}")
     for name in SMALL_MODELS:
         print(f"{name:20s} trained by pyexplain on first use, cached (pyexplain train {name})")
+    print("timm:NAME            timm's image classifiers (pip install 'pyexplain[timm]'); pretrained weights from "
+          "the Hugging Face Hub cache, else downloaded on first use")
     print("package.module:factory  your own model (--weights FILE for its state dict)")
 
 

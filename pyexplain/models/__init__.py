@@ -13,7 +13,7 @@ import importlib
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from ..errors import PyExplainError
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_ATTRIBUTE, Preprocess, imagenet_labels
 from ..state_dicts import load_state_dict_file, load_weights
 from . import hub
+from .timm_models import PREFIX as TIMM_PREFIX, load_timm
 from .torchvision_models import load_torchvision, torchvision_names, weights_status as torchvision_weights_status
 from .efficientnet_lite import EfficientNetLite0, efficientnet_lite0_weights_path, remap_reference_state_dict
 
@@ -79,14 +80,20 @@ def load_model(
     ``name``: ``"efficientnet_lite0"`` (default, real ImageNet weights from an installed package),
     any torchvision classification name (its default ImageNet weights from the torch hub cache, else
     downloaded by torchvision with its hash check; or ``weights``), a small model
-    (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``: trained and cached on first use), or
-    ``"package.module:factory"`` (the user's own model, ``weights`` a state-dict file).
+    (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``: trained and cached on first use),
+    ``"timm:NAME"`` (timm's classifier, its pretrained weights resolved by timm: Hugging Face Hub
+    cache, else downloaded), or ``"package.module:factory"`` (the user's own model, ``weights`` a
+    state-dict file).
     ``input_size``, ``mean``, ``std`` and ``labels`` override the preprocessing of any model.
-    ``offline=True`` forbids downloads (``None``: ``PYEXPLAIN_OFFLINE``). The preprocessing is also
-    recorded on the model (``model.pyexplain_preprocess``), so :func:`pyexplain.explain` takes images.
+    ``offline=True`` forbids downloads (``None``: ``PYEXPLAIN_OFFLINE``; for timm also
+    ``HF_HUB_OFFLINE``). The preprocessing is also recorded on the model
+    (``model.pyexplain_preprocess``), so :func:`pyexplain.explain` takes PIL and numpy images.
     """
     weights = str(weights) if weights is not None else None
-    if ":" in name:
+    if name.startswith(TIMM_PREFIX):  # before package.module:factory, which has a ':' too
+        model, preprocess = load_timm(name[len(TIMM_PREFIX):], weights, random_weights,
+                                      allow_download=not _offline(offline, hub.hf_offline))
+    elif ":" in name:
         model, preprocess = _user_model(name, weights)
     elif name == DEFAULT_MODEL:
         model = EfficientNetLite0()
@@ -97,7 +104,7 @@ def load_model(
             load_weights(model, remap_reference_state_dict(load_state_dict_file(source)), source, name)
         preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, imagenet_labels())
     elif name in torchvision_names():
-        model, preprocess = load_torchvision(name, weights, random_weights, allow_download=not _offline(offline))
+        model, preprocess = load_torchvision(name, weights, random_weights, allow_download=not _offline(offline, hub.offline))
     elif name in SMALL_MODELS:  # trained by pyexplain.data on first use, then cached
         from ..data.small_models import load_small_model
 
@@ -117,5 +124,5 @@ def load_model(
     return model, preprocess
 
 
-def _offline(offline: bool | None) -> bool:
-    return hub.offline() if offline is None else offline
+def _offline(offline: bool | None, from_environment: Callable[[], bool]) -> bool:
+    return from_environment() if offline is None else offline
