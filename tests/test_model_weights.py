@@ -101,6 +101,17 @@ def test_failed_download_leaves_no_file_and_names_the_ways_out(hub, monkeypatch,
     assert _files(hub) == []
 
 
+def test_a_stalled_download_times_out_and_leaves_no_file(hub, monkeypatch, checkpoint):
+    _, body, digest = checkpoint
+    path = f"/{NAME}-{digest[:8]}.pth"
+    monkeypatch.setenv("PYEXPLAIN_DOWNLOAD_TIMEOUT", "0.5")
+    with serve({path: (body, "stall")}) as server:
+        _point_weights_at(monkeypatch, server.url(path))
+        with pytest.raises(PyExplainError, match=r"the download failed \((TimeoutError|timeout)"):
+            pyexplain.load_model(NAME)
+    assert _files(hub) == []
+
+
 def test_offline_switch_forbids_the_download(hub, monkeypatch, checkpoint, tmp_path, capsys):
     _, body, digest = checkpoint
     path = f"/{NAME}-{digest[:8]}.pth"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import threading
+import time
 from typing import Iterator
 
 
@@ -17,9 +18,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if mode == "truncate":  # the connection closes halfway through the body
+        if mode in ("truncate", "stall"):  # the connection closes (or goes quiet for 3 s) halfway through
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
+            if mode == "stall":
+                time.sleep(3)
             self.close_connection = True
             return
         self.wfile.write(body)
@@ -30,7 +33,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def serve(files: dict[str, tuple[bytes, str]]) -> Iterator[http.server.ThreadingHTTPServer]:
-    """Serve ``{"/path": (body, mode)}`` (mode ``"full"`` or ``"truncate"``) on 127.0.0.1; the
+    """Serve ``{"/path": (body, mode)}`` (mode ``"full"``, ``"truncate"`` or ``"stall"``) on 127.0.0.1; the
     server's ``url(path)`` gives a file's URL and ``requests`` the paths asked for."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.files, server.requests = files, []
