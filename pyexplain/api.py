@@ -79,8 +79,7 @@ def _is_picture(value: Any) -> bool:
     return isinstance(value, (Image.Image, np.ndarray))
 
 
-def prepare_images(images: Images, model: nn.Module, preprocess: Preprocess | None
-                   ) -> tuple[Tensor, list[Image.Image] | None]:
+def prepare_images(images: Images, preprocess: Preprocess | None) -> tuple[Tensor, list[Image.Image] | None]:
     """``(batch, pictures)``: a tensor batch as it is (``pictures`` None), or PIL images / numpy
     arrays preprocessed with ``preprocess`` (default: the one :func:`pyexplain.load_model` recorded
     on the model) and kept as ``pictures`` for maps at their own resolution."""
@@ -157,7 +156,7 @@ def explain(
         raise PyExplainError(f"method {method!r} has no option {unknown[0]!r}; its options: {valid}")
     check_batch_size(batch_size)
     preprocess = preprocess or getattr(model, PREPROCESS_ATTRIBUTE, None)
-    images, pictures = prepare_images(images, model, preprocess)
+    images, pictures = prepare_images(images, preprocess)
     target = class_names_to_indices(target, preprocess.labels if preprocess is not None else None)
     parts: list[tuple[Tensor, dict[str, Tensor], Targets]] = []
     with gradients_on(model), eval_mode(model):

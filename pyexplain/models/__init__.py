@@ -112,7 +112,9 @@ def load_model(
     else:
         close = difflib.get_close_matches(name, (DEFAULT_MODEL, *torchvision_names(), *SMALL_MODELS), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise PyExplainError(f"unknown model {name!r}{hint}; `pyexplain models` lists them; or package.module:factory")
+        raise PyExplainError(f"unknown model {name!r}{hint}; known: {DEFAULT_MODEL}, torchvision's classifiers "
+                             f"(`pyexplain models` lists them), {', '.join(SMALL_MODELS)}, {TIMM_PREFIX}NAME, "
+                             "or package.module:factory")
     overrides = {"size": input_size, "mean": mean and tuple(mean), "std": std and tuple(std), "labels": labels and tuple(labels)}
     preprocess = replace(preprocess, **{key: value for key, value in overrides.items() if value})
     try:
