@@ -76,8 +76,11 @@ def test_timm_download_failure_and_success_through_the_hub_function(hf_cache, mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     asked = []
 
-    def unreachable(repo_id, filename, **kwargs):
+    def unreachable(repo_id, filename, **kwargs):  # as the Hub client: a partial blob, then the failure
         asked.append((repo_id, filename))
+        blobs = hf_cache / f"models--{repo_id.replace('/', '--')}" / "blobs"
+        blobs.mkdir(parents=True, exist_ok=True)
+        (blobs / "0123abcd.incomplete").write_bytes(b"half")
         raise ConnectionError("connection refused")
 
     monkeypatch.setattr(timm_hub, "hf_hub_download", unreachable)

@@ -106,6 +106,17 @@ def load_timm(name: str, weights_file: str | None, random_weights: bool,
     if cached is not None:  # straight from the cache: no request at all
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached})
         return model, timm_preprocess(model)
-    with download_guard(PREFIX + name, url, cache_path, allowed=allow_download, extra_errors=_download_errors()):
-        model = timm.create_model(name, pretrained=True)
+    before = _partial_files(cache_path)
+    try:
+        with download_guard(PREFIX + name, url, cache_path, allowed=allow_download, extra_errors=_download_errors()):
+            model = timm.create_model(name, pretrained=True)
+    except PyExplainError:
+        for path in _partial_files(cache_path) - before:  # the Hub keeps them to resume; no partial file stays
+            path.unlink(missing_ok=True)
+        raise
     return model, timm_preprocess(model)
+
+
+def _partial_files(folder: Path) -> set[Path]:
+    """The Hub's unfinished downloads (``*.incomplete``) under ``folder``."""
+    return set(folder.rglob("*.incomplete")) if folder.is_dir() else set()
