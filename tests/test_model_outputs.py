@@ -21,7 +21,7 @@ class Wrapped(nn.Module):
     def forward(self, x):
         logits = self.net(x)
         if self.kind == "tuple":
-            return logits, logits.softmax(1)
+            return logits, x.mean()
         if self.kind == "dict":
             return {"logits": logits, "hidden": x.mean()}
         if self.kind == "object":
@@ -45,12 +45,15 @@ class Plain(nn.Module):
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)).eval()
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)).eval()
+    with torch.no_grad():  # non-trivial statistics, so folding BatchNorm (LRP) matters
+        net[1].running_mean.uniform_(-0.2, 0.2), net[1].running_var.uniform_(0.5, 1.5), net[1].weight.uniform_(0.5, 1.5)
+    return net
 
 
-METHODS = {"gradxinput": {}, "integrated_gradients": {"steps": 4}, "gradcam": {"layer": "net.2"},
-           "guided_backprop": {}, "lpr": {"iterations": 3}}
+METHODS = {"gradxinput": {}, "integrated_gradients": {"steps": 4}, "gradcam": {"layer": "net.3"},
+           "guided_backprop": {}, "lpr": {"iterations": 3}, "lrp_epsilon": {}, "dmbp": {}}
 
 
 @pytest.mark.parametrize("kind", ["tuple", "dict", "object"])
@@ -74,8 +77,8 @@ def test_output_callable_selects_the_logits_and_default_cam_layer_names_stay_the
     got = pyexplain.explain(model, x, "gradcam", output=lambda out: out["out"]["scores"])
     expected = pyexplain.explain(Plain(net), x, "gradcam")
     torch.testing.assert_close(got.attribution, expected.attribution)
-    with pytest.raises(PyExplainError, match="model has no layer 'model.net.2'"):
-        pyexplain.explain(model, x, "gradcam", layer="model.net.2", output=lambda out: out["out"]["scores"])
+    with pytest.raises(PyExplainError, match="model has no layer 'model.net.3'"):
+        pyexplain.explain(model, x, "gradcam", layer="model.net.3", output=lambda out: out["out"]["scores"])
 
 
 def test_unusable_outputs_are_one_line_errors(net):

@@ -15,6 +15,8 @@ from ..errors import PyExplainError
 
 #: Selects the ``[N, K]`` logits from what the model returned.
 OutputSelector = Callable[[Any], Tensor]
+#: Tensors, and torch.fx's stand-ins for them (BatchNorm folding traces the model).
+_TENSORS = (Tensor, torch.fx.Proxy)
 
 
 def _describe(value: Any) -> str:
@@ -29,13 +31,13 @@ def _describe(value: Any) -> str:
 
 def select_logits(output: Any) -> Tensor:
     """The logits tensor in ``output`` (see the module docstring), else a one-line error."""
-    if isinstance(output, Tensor):
+    if isinstance(output, _TENSORS):
         return output
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), _TENSORS):
         return output["logits"]
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], _TENSORS):
         return output[0]
-    if isinstance(getattr(output, "logits", None), Tensor):
+    if isinstance(getattr(output, "logits", None), _TENSORS):
         return output.logits
     raise PyExplainError(f"the model returned {_describe(output)}, not logits; pass output=callable that selects "
                          f"the [batch, classes] logits from it")
@@ -53,12 +55,19 @@ class LogitsModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.select(self.model(x))
-        if not isinstance(logits, Tensor):
+        if not isinstance(logits, _TENSORS):
             raise PyExplainError(f"output= returned {_describe(logits)}, not the logits tensor")
         return logits
 
     def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Module]]:
         return self.model.named_modules(memo, prefix, remove_duplicate)
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped model's attributes by their own names (``get_submodule("layer4")``, torch.fx)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
 
 
 _RETURNS_TENSOR: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
