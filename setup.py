@@ -133,6 +133,7 @@ setup(
     extras_require={
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "export-gpu": ["onnx>=1.16", "onnxruntime-gpu>=1.18"],  # ONNX Runtime's CUDA provider
+        "timm": ["timm>=1.0"],  # --model timm:NAME (timm's classifiers, weights from the Hugging Face Hub)
     },
     entry_points={"console_scripts": ["pyexplain=pyexplain.cli:main"]},
     ext_modules=ext_modules,

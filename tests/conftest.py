@@ -1,6 +1,8 @@
 """Shared fixtures: the embedded model on a real photo, and small seeded torchvision nets."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -8,6 +10,10 @@ import pyexplain
 from pyexplain.io import builtin_image
 
 from model_support import randomize_batchnorm
+
+# Tests never reach the internet: no weights are downloaded unless a test serves them on 127.0.0.1.
+os.environ["PYEXPLAIN_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -49,13 +49,13 @@ def test_unknown_method_names_get_suggestions():
 
 def test_model_catalogue_matches_torchvision_and_the_hub(monkeypatch, tmp_path):
     import torch
-    from torchvision.models import get_model_weights
 
-    from pyexplain import models
+    from pyexplain.models.torchvision_models import default_weights, torchvision_names
 
-    for name, checkpoint in model_catalog.TORCHVISION_CHECKPOINTS.items():
-        assert os.path.basename(get_model_weights(name).DEFAULT.url) == checkpoint
-    assert models.TORCHVISION_MODELS == model_catalog.TORCHVISION_MODELS
+    assert model_catalog.TORCHVISION_MODELS == torchvision_names()
+    for name, (url, size) in model_catalog.TORCHVISION_WEIGHTS.items():
+        weights = default_weights(name)
+        assert (weights.url, weights.meta.get("_file_size")) == (url, size), name
     for env in ({}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {"TORCH_HOME": str(tmp_path / "th")}):
         monkeypatch.delenv("TORCH_HOME", raising=False)
         monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
@@ -63,11 +63,15 @@ def test_model_catalogue_matches_torchvision_and_the_hub(monkeypatch, tmp_path):
             monkeypatch.setenv(key, value)
         assert str(model_catalog.hub_checkpoint_dir()) == os.path.join(torch.hub.get_dir(), "checkpoints")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    path, _ = models._hub_checkpoint("resnet18")
-    assert model_catalog.weights_status("resnet18") == "missing"
+    url = model_catalog.TORCHVISION_WEIGHTS["resnet18"][0]
+    monkeypatch.setenv(model_catalog.OFFLINE_ENV, "1")
+    assert model_catalog.weights_status("resnet18") == f"not cached, downloads are off ({url})"
+    monkeypatch.setenv(model_catalog.OFFLINE_ENV, "0")
+    assert model_catalog.weights_status("resnet18").startswith(f"will download on first use ({url}, ")
+    path = model_catalog.hub_checkpoint_dir() / os.path.basename(url)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"")
-    assert model_catalog.weights_status("resnet18") == str(path)
+    assert model_catalog.weights_status("resnet18") == f"cached ({path})"
 
 
 def test_command_defaults_match_the_library():

@@ -28,11 +28,13 @@ def test_class_names_and_indices(lite0):
         preprocess.class_index("1000")
 
 
-def test_torchvision_without_cached_weights_names_both_ways(tmp_path, monkeypatch):
+def test_torchvision_without_cached_weights_offline_names_the_ways_out(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(PyExplainError, match=r"--weights FILE") as info:
-        pyexplain.load_model("resnet18")
-    assert "TORCH_HOME" in str(info.value) and "resnet18-" in str(info.value)
+        pyexplain.load_model("resnet18", offline=True)
+    path = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert str(path) in str(info.value) and "https://download.pytorch.org/models/resnet18-f37072fd.pth" in str(info.value)
+    assert not path.parent.exists()
 
 
 def test_torchvision_weights_from_hub_cache_and_file(tmp_path, monkeypatch):
@@ -42,15 +44,13 @@ def test_torchvision_weights_from_hub_cache_and_file(tmp_path, monkeypatch):
     reference = resnet18().eval()
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    from pyexplain.models import _hub_checkpoint
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.save(reference.state_dict(), cache / _hub_checkpoint("resnet18")[0].name)
-    model, preprocess = pyexplain.load_model("resnet18")
+    torch.save(reference.state_dict(), cache / "resnet18-f37072fd.pth")
+    model, preprocess = pyexplain.load_model("resnet18", offline=True)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(model(x), reference(x))
     assert (preprocess.size, preprocess.resize) == (224, 256)
-    explicit, _ = pyexplain.load_model("resnet18", weights=cache / _hub_checkpoint("resnet18")[0].name)
+    explicit, _ = pyexplain.load_model("resnet18", weights=cache / "resnet18-f37072fd.pth")
     torch.testing.assert_close(explicit(x), reference(x))
 
 
@@ -104,3 +104,19 @@ def test_fold_batchnorm_preserves_outputs(lite0, chelsea, resnet18, small_images
         assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
     assert any(isinstance(m, nn.BatchNorm2d) for m in resnet18.modules())
+
+
+def test_class_names_accept_torchvision_names_and_variants():
+    from pyexplain.preprocess import find_class, imagenet_labels
+
+    labels = imagenet_labels()
+    assert labels[281] == "tabby" and labels[282] == "tiger cat"
+    for text in ("tabby", "Tabby", "tabby, tabby cat", "tabby cat", " TABBY_CAT "):
+        assert find_class(labels, text) == 281, text
+    assert find_class(labels, "tiger cat") == 282 and find_class(labels, "tiger-cat") == 282
+    assert find_class(labels, "great white shark, white shark") == 2
+    assert find_class(labels, "crane") == 517 and find_class(labels, "crane bird") == 134
+    with pytest.raises(PyExplainError, match="ambiguous: indices 0, 2"):
+        find_class(("crane", "bird", "crane"), "Crane")
+    with pytest.raises(PyExplainError, match="did you mean 'tabby'"):
+        find_class(labels, "tabbby")

@@ -11,8 +11,8 @@ from . import app
 from .images import expand_images, output_stems
 from .options import (
     BatchSizeOption, DeviceOption, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, MethodsOption,
-    ModelOption, OptionOption, RandomWeightsOption, SeedOption, StdOption, TargetOption, WeightsOption, model_spec,
-    check_positive, out_option, parse_methods, parse_options, resolve_device)
+    ModelOption, OfflineOption, OptionOption, RandomWeightsOption, SeedOption, StdOption, TargetOption,
+    WeightsOption, check_positive, model_spec, out_option, parse_methods, parse_options, resolve_device)
 
 
 def cheap_methods() -> list[str]:
@@ -67,6 +67,7 @@ def compare_command(
     seed: SeedOption = 0,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

@@ -13,8 +13,9 @@ from ..model_catalog import DEFAULT_MODEL
 from ..registry import check_method_names
 from . import app
 from .options import (
-    InputSizeOption, LabelsOption, MeanOption, MethodOption, ModelOption, OptionOption, RandomWeightsOption,
-    SeedOption, StdOption, TargetOption, WeightsOption, model_spec, out_option, parse_options, resolve_device)
+    InputSizeOption, LabelsOption, MeanOption, MethodOption, ModelOption, OfflineOption, OptionOption,
+    RandomWeightsOption, SeedOption, StdOption, TargetOption, WeightsOption, model_spec, out_option,
+    parse_options, resolve_device)
 
 #: pyexplain.dataset.config.PRECISIONS, known without importing torch (checked by the tests).
 PRECISIONS = ("float32", "tf32", "bfloat16")
@@ -34,6 +35,7 @@ def explain_dataset_command(
         "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (each torchrun rank uses cuda:LOCAL_RANK).")] = "auto",
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

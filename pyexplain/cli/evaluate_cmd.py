@@ -16,8 +16,8 @@ from . import app
 from .images import expand_images
 from .options import (
     BatchSizeOption, DeviceOption, InputSizeOption, LabelsOption, MeanOption, MethodsOption, ModelOption,
-    OptionOption, RandomWeightsOption, StdOption, WeightsOption, check_positive, model_spec, out_option,
-    parse_methods, parse_options, resolve_device)
+    OfflineOption, OptionOption, RandomWeightsOption, StdOption, WeightsOption, check_positive, model_spec,
+    out_option, parse_methods, parse_options, resolve_device)
 
 if TYPE_CHECKING:
     import torch
@@ -131,6 +131,7 @@ def evaluate_command(
     seed: Annotated[int, typer.Option("--seed", metavar="INT", help="Seed for torch's random numbers and the synthetic images.")] = 0,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

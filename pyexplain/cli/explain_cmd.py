@@ -14,9 +14,9 @@ from ..registry import check_method_names
 from . import app
 from .images import expand_images, output_stems
 from .options import (
-    BatchSizeOption, DeviceOption, check_positive, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, MethodOption,
-    ModelOption, OptionOption, RandomWeightsOption, SeedOption, StdOption, TargetOption, WeightsOption, model_spec,
-    out_option, parse_options, resolve_device)
+    BatchSizeOption, DeviceOption, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, MethodOption,
+    ModelOption, OfflineOption, OptionOption, RandomWeightsOption, SeedOption, StdOption, TargetOption,
+    WeightsOption, check_positive, model_spec, out_option, parse_options, resolve_device)
 
 
 def lpr_rules_for(method: str, path: Path, model: str) -> dict:
@@ -69,6 +69,7 @@ def explain_command(
     seed: SeedOption = 0,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

@@ -11,8 +11,8 @@ from ..errors import PyExplainError
 from ..model_catalog import DEFAULT_MODEL
 from . import app
 from .options import (
-    InputSizeOption, LabelsOption, MeanOption, ModelOption, OptionOption, RandomWeightsOption, SeedOption, StdOption,
-    WeightsOption, model_spec, out_option, parse_options, resolve_device)
+    InputSizeOption, LabelsOption, MeanOption, ModelOption, OfflineOption, OptionOption, RandomWeightsOption,
+    SeedOption, StdOption, WeightsOption, model_spec, out_option, parse_options, resolve_device)
 
 #: The file suffix of each format when ``--out`` is a folder.
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
@@ -35,6 +35,7 @@ def export_command(
     seed: SeedOption = 0,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

@@ -12,8 +12,9 @@ from ..model_catalog import DEFAULT_MODEL
 from . import app
 from .images import expand_images
 from .options import (
-    DeviceOption, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, ModelOption, RandomWeightsOption,
-    SeedOption, StdOption, WeightsOption, check_positive, model_spec, out_option, parse_options, resolve_device)
+    DeviceOption, ImagesArgument, InputSizeOption, LabelsOption, MeanOption, ModelOption, OfflineOption,
+    RandomWeightsOption, SeedOption, StdOption, WeightsOption, check_positive, model_spec, out_option,
+    parse_options, resolve_device)
 
 #: ``-O`` keys accepted by fit-rules (the per-image LPR options that make sense for shared channel rules).
 _LOSS_KEYS = ("gamma", "alpha", "beta", "lam", "mask", "smooth_sigma", "normalize")
@@ -38,6 +39,7 @@ def fit_rules_command(
     seed: SeedOption = 0,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    offline: OfflineOption = False,
     input_size: InputSizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,

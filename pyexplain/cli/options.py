@@ -10,17 +10,19 @@ The grammar, the same in every command:
 - images as positional arguments (files, ``builtin:NAME`` photos, folders, ``.txt`` list files);
 - ``--out/-o PATH`` a folder (a file where one file is the natural output);
 - ``--batch-size``, ``--device``, ``--seed`` and the model flags ``--model``, ``--weights``,
-  ``--random-weights``, ``--input-size``, ``--mean``, ``--std``, ``--labels``.
+  ``--random-weights``, ``--offline``, ``--input-size``, ``--mean``, ``--std``, ``--labels``.
 """
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from ..errors import PyExplainError
+from ..model_catalog import OFFLINE_ENV
 from ..registry import check_method_names, describe_methods
 
 if TYPE_CHECKING:
@@ -34,6 +36,17 @@ WeightsOption = Annotated[Optional[Path], typer.Option(
     "--weights", metavar="PATH", help="State-dict file for the model (read with weights_only).")]
 RandomWeightsOption = Annotated[bool, typer.Option(
     "--random-weights", help="Random weights (speed work only, never for quality).")]
+
+
+def _forbid_downloads(offline: bool) -> bool:
+    """``--offline``: no weights are downloaded (as ``PYEXPLAIN_OFFLINE=1``, which model loading reads)."""
+    if offline:
+        os.environ[OFFLINE_ENV] = "1"
+    return offline
+
+
+OfflineOption = Annotated[bool, typer.Option(
+    "--offline", callback=_forbid_downloads, help="Never download weights (also PYEXPLAIN_OFFLINE=1).")]
 InputSizeOption = Annotated[Optional[int], typer.Option(
     "--input-size", metavar="INT", help="Input side length (default: the model's).")]
 MeanOption = Annotated[Optional[str], typer.Option(

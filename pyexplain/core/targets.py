@@ -7,11 +7,26 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PyExplainError
+from ..preprocess import find_class
 
-#: ``None`` (top-1), one class for every image, one per image, or a list of classes per image.
-TargetSpec = Union[None, int, Sequence[int], Sequence[Sequence[int]], Tensor]
+#: ``None`` (top-1), one class for every image, one per image, or a list of classes per image; a
+#: class is an index or, when the class names are known, a name.
+TargetSpec = Union[None, int, str, Sequence[Union[int, str]], Sequence[Sequence[Union[int, str]]], Tensor]
 #: ``"logit"`` (default), ``"probability"``, ``"log_probability"`` or ``f(logits, targets) -> [N]``.
 ScoreSpec = Union[str, Callable[[Tensor, Tensor], Tensor]]
+
+
+def class_names_to_indices(target: TargetSpec, labels: Sequence[str] | None) -> TargetSpec:
+    """``target`` with every class name replaced by its index in ``labels`` (see
+    :func:`pyexplain.preprocess.find_class`); a name without known labels is a one-line error."""
+    if isinstance(target, str):
+        if labels is None:
+            raise PyExplainError(f"target {target!r} is a class name, but the model's class names are unknown: "
+                                 "give a class index, or pass preprocess= (from pyexplain.load_model)")
+        return find_class(tuple(labels), target)
+    if isinstance(target, (list, tuple)):
+        return [class_names_to_indices(t, labels) for t in target]
+    return target
 
 
 def expand_targets(x: Tensor, target: TargetSpec) -> tuple[Tensor, Tensor, Tensor | None]:

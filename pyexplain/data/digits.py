@@ -8,12 +8,13 @@ seeded permutation) and the training (Adam, one-cycle schedule, 8 epochs) are de
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ..models import Preprocess
+from ..preprocess import Preprocess, as_pil
 from .cache import cached_state
 from .training import Split, accuracy, seeded_init, train_classifier
 
@@ -41,10 +42,10 @@ class DigitsCNN(nn.Module):
 class GrayPreprocess(Preprocess):
     """PIL image → ``[1, 1, size, size]`` grayscale in ``[0, 1]`` (ink bright, as in the dataset)."""
 
-    def view(self, image: Image.Image) -> Image.Image:
-        return image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
+    def view(self, image: Image.Image | np.ndarray) -> Image.Image:
+        return as_pil(image).convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
 
-    def __call__(self, image: Image.Image) -> Tensor:
+    def __call__(self, image: Image.Image | np.ndarray) -> Tensor:
         from torchvision.transforms import functional as TF
 
         x = TF.to_tensor(self.view(image))

@@ -8,7 +8,9 @@ from typing import Callable
 from torch import nn
 
 from ..errors import PyExplainError
-from ..models import SMALL_MODELS, Preprocess, _load_weights, load_state_dict_file
+from . import SMALL_MODELS
+from ..preprocess import Preprocess
+from ..state_dicts import load_state_dict_file, load_weights
 from .digits import EPOCHS as DIGITS_EPOCHS, PREPROCESS as DIGITS_PREPROCESS, DigitsCNN, digits_splits, load_digits_cnn, train_digits_cnn
 from .synthetic import CLASSES, MEAN, SIZE, STD
 from .synthetic_models import ARCHITECTURES, load_synthetic_model, synthetic_test_set, synthetic_train_set, train_synthetic_model
@@ -28,7 +30,7 @@ def load_small_model(name: str, weights: str | None = None, random_weights: bool
     if weights or random_weights:
         model = factory()
         if weights:
-            _load_weights(model, load_state_dict_file(weights), weights, name)
+            load_weights(model, load_state_dict_file(weights), weights, name)
         return model.eval(), preprocess
     model = load_digits_cnn(seed)[0] if name == "digits_cnn" else load_synthetic_model(name, seed)[0]
     return model, preprocess
