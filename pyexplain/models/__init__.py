@@ -20,13 +20,13 @@ from torch import nn
 
 from ..data import SMALL_MODELS
 from ..errors import PyExplainError
-from ..model_catalog import DEFAULT_MODEL, weights_status  # noqa: F401  (weights_status re-exported)
+from ..model_catalog import DEFAULT_MODEL, efficientnet_lite0_weights_path, weights_status  # noqa: F401  (weights_status re-exported)
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_ATTRIBUTE, Preprocess, imagenet_labels
 from ..state_dicts import load_state_dict_file, load_weights
 from . import hub
 from .timm_models import PREFIX as TIMM_PREFIX, load_timm
 from .torchvision_models import load_torchvision, torchvision_names
-from .efficientnet_lite import EfficientNetLite0, efficientnet_lite0_weights_path, remap_reference_state_dict
+from .efficientnet_lite import EfficientNetLite0, remap_reference_state_dict
 
 
 def _user_model(spec: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
