@@ -149,6 +149,19 @@ def test_loss_falls_on_a_real_photo(lite0, chelsea):
     assert history[-1] < history[0] - 1.0
 
 
+def test_default_rule_keeps_attributions_at_the_gradient_scale(lite0, chelsea):
+    """What makes the default maps independent of float rounding (benchmarks/lpr_stability.py): with the
+    masked rule inactive units pass nothing, so the map stays at Grad×Input's scale on EfficientNet-Lite0
+    (measured ratio 0.18); the paper's ungated rule also runs through inactive units and its raw values
+    grow with depth and image size (ratio ~6e3 at 32×32, ~1e12 in absolute value at 224×224), the sums
+    whose rounding Adam's per-element steps carry into the map."""
+    x = F.interpolate(chelsea, size=(32, 32), mode="area")
+    scale = float(pyexplain.explain(lite0[0], x, "gradxinput").attribution.abs().max())
+    masked = float(pyexplain.explain(lite0[0], x, "lpr", iterations=2).attribution.abs().max())
+    ungated = float(pyexplain.explain(lite0[0], x, "lpr", iterations=2, keep_activation_mask=False).attribution.abs().max())
+    assert masked < 10 * scale < ungated / 10
+
+
 @pytest.fixture(scope="module")
 def digits():
     from pyexplain.data.digits import load_digits_cnn
