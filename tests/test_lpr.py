@@ -150,11 +150,10 @@ def test_loss_falls_on_a_real_photo(lite0, chelsea):
 
 
 def test_default_rule_keeps_attributions_at_the_gradient_scale(lite0, chelsea):
-    """What makes the default maps independent of float rounding (benchmarks/lpr_stability.py): with the
-    masked rule inactive units pass nothing, so the map stays at Grad×Input's scale on EfficientNet-Lite0
-    (measured ratio 0.18); the paper's ungated rule also runs through inactive units and its raw values
-    grow with depth and image size (ratio ~6e3 at 32×32, ~1e12 in absolute value at 224×224), the sums
-    whose rounding Adam's per-element steps carry into the map."""
+    """With the masked rule (the default) inactive units pass nothing, so the map stays at Grad×Input's
+    scale on EfficientNet-Lite0 (measured ratio 0.18); the paper's ungated rule also runs through
+    inactive units and its raw values grow with depth and image size (ratio ~6e3 at 32×32, ~1e12 in
+    absolute value at 224×224)."""
     x = F.interpolate(chelsea, size=(32, 32), mode="area")
     scale = float(pyexplain.explain(lite0[0], x, "gradxinput").attribution.abs().max())
     masked = float(pyexplain.explain(lite0[0], x, "lpr", iterations=2).attribution.abs().max())

@@ -104,8 +104,8 @@ def lpr(
     progress: bool = False,
 ) -> MethodResult | Tensor:
     """Learn ``W`` per image and call: rule ``g_in = g_out ⊙ tanh(W ⊙ (f − f_ref))`` (``variant="gradient"``:
-    ``tanh(W ⊙ g_out)``; ``keep_activation_mask`` (default, for float-rounding stability, see
-    ``benchmarks/lpr_stability.py``) also multiplies by ``φ'(f)``), ``A = ∂_rule F_t/∂I ⊙ I``,
+    ``tanh(W ⊙ g_out)``; ``keep_activation_mask`` (default; measured in ``benchmarks/RESULTS.md``, LPR) also
+    multiplies by ``φ'(f)``), ``A = ∂_rule F_t/∂I ⊙ I``,
     masks ``Mp = 1 − σ(γ(â − α))``, ``Mn = σ(γ(â − β))`` of the normalized map ``â``, loss
     ``F_t(I⊙Mp) − F_t(I) + F_t(I) − F_t(I⊙Mn) + λ(mean|1−Mp| + mean|1−Mn|)`` minimized by Adam.
 
