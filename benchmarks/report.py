@@ -360,12 +360,36 @@ class Report:
         return claims
 
 
+#: The LPR section's studies: each script's command line (run from the repository root) and its arguments.
+LPR_STUDIES = (
+    ("lpr_stability.py", ["--settings", "old,new,dmbp"]),
+    ("lpr_localization.py", ["--n", "16"]),
+    ("lpr_amortized.py", ["--fit", "16", "--n", "16", "--iterations", "20"]),
+)
+
+
+def lpr_section(report: Report) -> str:
+    """LPR's stability, localization and amortized-rule studies: each benchmark script's output as it prints it."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    parts = ["## LPR: stability, localization, generalization\n\n"
+             "Per-image LPR at the old default (the paper's ungated rule) and the new one (`keep_activation_mask=True`), "
+             "DMBP's defaults, and amortized channel rules on fit and held-out images, against Grad×Input, IG and "
+             "SmoothGrad². Why the default changed: `benchmarks/RESULTS.md` (LPR).\n"]
+    for script, arguments in LPR_STUDIES:
+        output = subprocess.run([sys.executable, str(here / script), *arguments], check=True, capture_output=True,
+                                text=True, cwd=here.parent).stdout
+        parts.append(f"`PYTHONPATH=$PWD python benchmarks/{script} {' '.join(arguments)}`\n\n{output.strip()}\n")
+    return "\n".join(parts)
+
+
 SECTIONS: dict[str, Callable[[Report], str]] = {
     "photos": Report.photos, "digits": Report.digits, "synthetic": Report.synthetic, "cim": Report.cim,
-    "sanity": Report.sanity, "roar": Report.roar,
+    "sanity": Report.sanity, "roar": Report.roar, "lpr": lpr_section,
 }
 #: The order a whole run takes them in: cheapest first (the report keeps the order above).
-RUN_ORDER = ("digits", "sanity", "synthetic", "cim", "roar", "photos")
+RUN_ORDER = ("digits", "sanity", "synthetic", "cim", "roar", "photos", "lpr")
 
 
 def old_sections(path: Path) -> dict[str, str]:

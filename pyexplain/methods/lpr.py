@@ -87,7 +87,7 @@ def optimize_rules(model: nn.Module, graph: RuleGraph, weights: list[Tensor], ta
 
 @register_method(
     "lpr",
-    description="learned propagation rules: a per-image rule tanh(W⊙(f−f_ref)) at every activation, "
+    description="learned propagation rules: a per-image rule φ'(f)·tanh(W⊙(f−f_ref)) at every activation, "
                 "optimized so that masking the map's positive/negative pixels moves the score most",
     paper="Yang, Qiu, Song, Tao, Wang: Learning Propagation Rules for Attribution Map Generation (ECCV 2020)",
     cost="1 reference forward + 1 forward + iterations × (second-order backward + forward/backward of 2 masked "
@@ -98,13 +98,14 @@ def lpr(
     model: nn.Module, x: Tensor, targets: Targets, *,
     iterations: int = 50, lr: float = 0.2, gamma: float = 10.0, alpha: float = 0.75, beta: float = 0.25,
     lam: float = 0.1, arch: str = "position", variant: str = "feature", reference: bool = True,
-    mask: str = "sigmoid", smooth_sigma: float = 4.0, normalize: str = "symmetric", keep_activation_mask: bool = False,
+    mask: str = "sigmoid", smooth_sigma: float = 4.0, normalize: str = "symmetric", keep_activation_mask: bool = True,
     head: bool = False, init: float = 1.0, init_std: float = 0.0, seed: int = 0, patience: int = 0,
     tol: float = 1e-4, return_masks: bool = False, rules: str | os.PathLike | dict[str, Any] | None = None,
     progress: bool = False,
 ) -> MethodResult | Tensor:
     """Learn ``W`` per image and call: rule ``g_in = g_out ⊙ tanh(W ⊙ (f − f_ref))`` (``variant="gradient"``:
-    ``tanh(W ⊙ g_out)``; ``keep_activation_mask`` also multiplies by ``φ'(f)``), ``A = ∂_rule F_t/∂I ⊙ I``,
+    ``tanh(W ⊙ g_out)``; ``keep_activation_mask`` (default; measured in ``benchmarks/RESULTS.md``, LPR) also
+    multiplies by ``φ'(f)``), ``A = ∂_rule F_t/∂I ⊙ I``,
     masks ``Mp = 1 − σ(γ(â − α))``, ``Mn = σ(γ(â − β))`` of the normalized map ``â``, loss
     ``F_t(I⊙Mp) − F_t(I) + F_t(I) − F_t(I⊙Mn) + λ(mean|1−Mp| + mean|1−Mn|)`` minimized by Adam.
 
