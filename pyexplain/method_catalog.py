@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: A cost of a fixed number of passes ("1 forward + 1 backward", "2 forwards + 2 backwards", ...).
-_FIXED_COST = re.compile(r"^\d+ forwards? \+ \d+ (partial )?backwards?$")
+_FIXED_COST = re.compile(r"^\d+ forwards?( \+ \d+ (partial )?backwards?)+$")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in (
         'deeplift', iterative=False,
         description='DeepLIFT rescale rule: differences from a reference (zero by default) propagated as multipliers',
         paper='Shrikumar, Greenside, Kundaje: Learning Important Features Through Propagating Activation Differences (ICML 2017)',
-        cost='2 forwards + 1 backward',
+        cost='1 forward + 1 backward (+ 1 forward of a constant reference per model state and image shape, at batch 1)',
         defaults={'reference': 0.0, 'maxpool': 'rescale', 'eps': 1e-10},
     ),
     MethodEntry(
@@ -107,7 +107,7 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in (
         'guided_gradcam', iterative=False,
         description='Guided Backprop multiplied by the upsampled Grad-CAM map',
         paper='Selvaraju et al.: Grad-CAM (ICCV 2017)',
-        cost='2 forwards + 2 backwards',
+        cost='1 forward + 1 partial backward + 1 backward',
         defaults={'layer': None, 'interpolation': 'bilinear'},
     ),
     MethodEntry(
@@ -119,13 +119,13 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in (
     ),
     MethodEntry(
         'lpr', iterative=True,
-        description="learned propagation rules: a per-image rule tanh(W⊙(f−f_ref)) at every activation, optimized so that masking the map's positive/negative pixels moves the score most",
+        description="learned propagation rules: a per-image rule φ'(f)·tanh(W⊙(f−f_ref)) at every activation, optimized so that masking the map's positive/negative pixels moves the score most",
         paper='Yang, Qiu, Song, Tao, Wang: Learning Propagation Rules for Attribution Map Generation (ECCV 2020)',
         cost='1 reference forward + 1 forward + iterations × (second-order backward + forward/backward of 2 masked copies); with rules=FILE: 1 forward + 1 backward',
         defaults={
             'iterations': 50, 'lr': 0.2, 'gamma': 10.0, 'alpha': 0.75, 'beta': 0.25, 'lam': 0.1,
             'arch': 'position', 'variant': 'feature', 'reference': True, 'mask': 'sigmoid',
-            'smooth_sigma': 4.0, 'normalize': 'symmetric', 'keep_activation_mask': False, 'head': False,
+            'smooth_sigma': 4.0, 'normalize': 'symmetric', 'keep_activation_mask': True, 'head': False,
             'init': 1.0, 'init_std': 0.0, 'seed': 0, 'patience': 0, 'tol': 0.0001, 'return_masks': False,
             'rules': None,
         },
