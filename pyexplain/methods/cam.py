@@ -1,6 +1,8 @@
 """Class activation maps: Grad-CAM and Guided Grad-CAM."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
@@ -9,6 +11,7 @@ from ..core.rules import guided_backprop_rule
 from ..core.targets import Targets
 from ..registry import register_method
 from ._common import input_gradient, upsample_to_input
+from .guided import require_relu_family
 
 
 def gradcam_map(model: nn.Module, x: Tensor, targets: Targets, layer: str | None) -> Tensor:
@@ -45,5 +48,6 @@ def guided_gradcam(model: nn.Module, x: Tensor, targets: Targets, *, layer: str 
                    interpolation: str = "bilinear") -> Tensor:
     """``A = GuidedBackprop(x) ⊙ upsample(Grad-CAM)`` (per channel)."""
     cam = gradcam_map(model, x, targets, layer)
-    guided = input_gradient(model, x, targets, guided_backprop_rule, clean=False)
+    guided = input_gradient(model, x, targets, guided_backprop_rule, clean=False,
+                            check=partial(require_relu_family, "guided_gradcam"))
     return guided * upsample_to_input(cam, x, interpolation) * x.shape[1]
