@@ -6,22 +6,30 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ..core.layers import capture_layer, default_cam_layer, get_layer
+from ..core.layers import LAYOUTS, capture_layer, default_cam_layer, get_layer, to_feature_map
 from ..core.rules import guided_backprop_rule
 from ..core.targets import Targets
+from ..errors import PyExplainError
 from ..registry import register_method
 from ._common import input_gradient, upsample_to_input
 from .guided import require_relu_family
 
 
-def gradcam_map(model: nn.Module, x: Tensor, targets: Targets, layer: str | None) -> Tensor:
-    """Grad-CAM at the layer's resolution, ``[N, h, w]``: ``ReLU(Σ_k α_k A^k)``, ``α_k = mean(∂F_t/∂A^k)``."""
+def gradcam_map(model: nn.Module, x: Tensor, targets: Targets, layer: str | None, reshape: str = "auto") -> Tensor:
+    """Grad-CAM at the layer's resolution, ``[N, h, w]``: ``ReLU(Σ_k α_k A^k)``, ``α_k = mean(∂F_t/∂A^k)``,
+    with the layer's output ``A`` laid out as ``[N, C, h, w]`` by ``reshape`` (see
+    :data:`pyexplain.core.layers.LAYOUTS`: transformer tokens drop their class token and fill the
+    patch grid; channels-last maps are permuted)."""
+    if reshape not in LAYOUTS:
+        raise PyExplainError(f"gradcam option reshape must be one of {', '.join(LAYOUTS)}, got {reshape!r}")
+    image = tuple(x.shape[-2:])
     module = get_layer(model, layer or default_cam_layer(model, x))
     with torch.enable_grad(), capture_layer(module) as captured:
         logits = model(x)
         targets.resolve(logits)
         activations = captured.output
         (grads,) = torch.autograd.grad(targets.scores(logits).sum(), activations)
+    activations, grads = to_feature_map(activations, reshape, image), to_feature_map(grads, reshape, image)
     weights = grads.mean(dim=(2, 3), keepdim=True)
     return (weights * activations).sum(1).clamp(min=0).detach()
 
@@ -33,9 +41,11 @@ def gradcam_map(model: nn.Module, x: Tensor, targets: Targets, layer: str | None
     cost="1 forward + 1 partial backward",
 )
 def gradcam(model: nn.Module, x: Tensor, targets: Targets, *, layer: str | None = None,
-            interpolation: str = "bilinear") -> Tensor:
-    """``ReLU(Σ_k α_k A^k)`` upsampled to the input and spread evenly over channels."""
-    return upsample_to_input(gradcam_map(model, x, targets, layer), x, interpolation)
+            interpolation: str = "bilinear", reshape: str = "auto") -> Tensor:
+    """``ReLU(Σ_k α_k A^k)`` upsampled to the input and spread evenly over channels. ``layer``: a module
+    name (default: :func:`pyexplain.core.layers.find_default_cam_layer`, for a vision transformer the
+    last block's attention input); ``reshape``: its output's layout, ``auto``/``nchw``/``nhwc``/``tokens``."""
+    return upsample_to_input(gradcam_map(model, x, targets, layer, reshape), x, interpolation)
 
 
 @register_method(
@@ -45,9 +55,9 @@ def gradcam(model: nn.Module, x: Tensor, targets: Targets, *, layer: str | None 
     cost="2 forwards + 2 backwards",
 )
 def guided_gradcam(model: nn.Module, x: Tensor, targets: Targets, *, layer: str | None = None,
-                   interpolation: str = "bilinear") -> Tensor:
+                   interpolation: str = "bilinear", reshape: str = "auto") -> Tensor:
     """``A = GuidedBackprop(x) ⊙ upsample(Grad-CAM)`` (per channel)."""
-    cam = gradcam_map(model, x, targets, layer)
+    cam = gradcam_map(model, x, targets, layer, reshape)
     guided = input_gradient(model, x, targets, guided_backprop_rule, clean=False,
                             check=partial(require_relu_family, "guided_gradcam"))
     return guided * upsample_to_input(cam, x, interpolation) * x.shape[1]
