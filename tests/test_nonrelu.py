@@ -177,7 +177,7 @@ def test_lpr_runs_and_its_loss_falls(build):
     history = e.extras["loss_history"][0]
     assert torch.isfinite(e.attribution).all() and e.attribution.abs().amax() > 0
     assert torch.isfinite(history).all()
-    assert history[1:].min() < history[0]  # the rules on the SiLU/GELU calls receive a gradient that lowers the loss
+    assert history[-1] < history[0]  # the rules on the SiLU/GELU calls receive a gradient that lowers the loss
 
 
 def test_lpr_on_mobilenet_v3_hardswish_and_hardsigmoid_gates():
