@@ -141,3 +141,15 @@ def test_default_layer_cache_follows_a_swapped_layer():
     assert default_cam_layer(model, x) == "layer4"
     model.layer4, model.fc = torch.nn.Identity(), torch.nn.Linear(256, 1000)
     assert default_cam_layer(model, x) == "layer3"
+
+
+def test_export_refuses_a_layout_it_cannot_compute():
+    from pyexplain.export.compiler import compile_explainer
+
+    torch.manual_seed(0)
+    model = get_model("resnet18", weights=None).eval()
+    x = _image(64).float()
+    with pytest.raises(PyExplainError, match="channels-last"):
+        compile_explainer(model, "gradcam", x, reshape="nhwc")
+    with pytest.raises(PyExplainError, match="not a tokens feature map"):
+        compile_explainer(model, "gradcam", x, reshape="tokens")
