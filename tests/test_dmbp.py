@@ -232,7 +232,7 @@ def test_data_dependent_layers_are_refused(layer):
 
 @pytest.mark.parametrize("linearize", [False, True])
 def test_elu_is_refused_even_with_linearize(linearize):
-    with pytest.raises(PyExplainError, match="uses elu.*does not cover"):
+    with pytest.raises(PyExplainError, match="found elu at act, which linearize=True does not cover"):
         pyexplain.explain(_smooth_net(nn.ELU()), small_input(), "dmbp", iterations=1, linearize=linearize)
 
 

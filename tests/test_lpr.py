@@ -191,11 +191,11 @@ class _SiluNet(nn.Module):
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.fc(torch.sigmoid(F.silu(self.conv(x))).mean((2, 3)))
+        return self.fc(torch.sigmoid(torch.tanh(self.conv(x))).mean((2, 3)))
 
 
 @pytest.mark.parametrize("model,message", [
-    (_SiluNet(), "1 sigmoid, 1 silu"),
+    (_SiluNet(), "1 sigmoid, 1 tanh"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2)), "seen: none"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 8), nn.ReLU(), nn.Linear(8, 2)), "head=True"),
 ])

@@ -99,6 +99,41 @@ def test_fold_cache_follows_weight_changes():
     assert not torch.allclose(first, second)
 
 
+def _scale_weight_through_data(model):
+    model.features[0].weight.data.mul_(2)  # no version-counter bump
+
+
+def _bn_eps(model):
+    model.features[1].eps = 3.0
+
+
+def _relu_to_identity(model):
+    model.features[2] = nn.Identity()
+
+
+def _maxpool_to_avgpool(model):
+    model.features[3] = nn.AvgPool2d(2)
+
+
+def _load_other_state(model):
+    torch.manual_seed(1)
+    model.load_state_dict(randomize_batchnorm(SmallVGG()).double().state_dict())
+
+
+@pytest.mark.parametrize("edit", [_scale_weight_through_data, _bn_eps, _relu_to_identity, _maxpool_to_avgpool,
+                                  _load_other_state])
+def test_lrp_after_a_model_edit_equals_a_fresh_models(edit):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SmallVGG()).double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    before = pyexplain.explain(model, x, "lrp_epsilon", target=[0, 1]).attribution
+    edit(model)
+    after = pyexplain.explain(model, x, "lrp_epsilon", target=[0, 1]).attribution
+    fresh = pyexplain.explain(copy.deepcopy(model), x, "lrp_epsilon", target=[0, 1]).attribution
+    torch.testing.assert_close(after, fresh, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(before, after)
+
+
 def test_untraceable_model_needs_fold_batchnorm_false():
     class Branchy(nn.Module):
         def __init__(self):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PyExplainError
-from .activations import ActivationCall, intercept_activations
+from .activations import ActivationCall, intercept_activations, refuse_unsupported
 from .linearize import activation_offset
 
 
@@ -55,8 +55,12 @@ def _effective_bn_bias(args, kwargs) -> Tensor | None:
 
 
 @contextlib.contextmanager
-def capture_biases(model: nn.Module) -> Iterator[list[BiasSite]]:
-    """Run forward passes of ``model`` recording every :class:`BiasSite`, in execution order::
+def capture_biases(model: nn.Module, method: str = "the bias decomposition") -> Iterator[list[BiasSite]]:
+    """Run forward passes of ``model`` recording every :class:`BiasSite`, in execution order.
+
+    The decomposition is exact only for piecewise-linear networks: on leaving the context, a model
+    that called another nonlinearity (SiLU, GELU, sigmoid, ...) is refused with a one-line
+    ``"METHOD needs a piecewise-linear network ...; found KIND at MODULE"``::
 
         with capture_biases(model) as sites:
             logits = model(x)
@@ -95,3 +99,5 @@ def capture_biases(model: nn.Module) -> Iterator[list[BiasSite]]:
     with intercept_activations(model, rule, handlers) as tracker:
         holder["tracker"] = tracker
         yield sites
+    refuse_unsupported(tracker, method, "needs a piecewise-linear network (ReLU family, max/avg pooling, "
+                       "conv/linear/eval-BN)")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PyExplainError
-from .activations import ActivationCall, intercept_activations
+from .activations import ACTIVATIONS, GATES, ActivationCall, intercept_activations
 
 
 def activation_offset(call: ActivationCall, pre: Tensor) -> Tensor | None:
@@ -160,9 +160,15 @@ def _gather_pool(x: Tensor, idx: Tensor) -> Tensor:
     return planes.view(k * n, *idx.shape[1:])
 
 
-def _refuse(func, args, kwargs):
-    raise PyExplainError(f"the model calls {getattr(func, '__name__', func)}, which the piecewise-linear "
-                         "linearization does not support (1-D/3-D max-pooling, layer/group/instance norm, softmax)")
+def _refuser(holder: dict):
+    """An ``op_handlers`` entry refusing the data-dependent operations the linearization does not freeze."""
+    def refuse(func, args, kwargs):
+        tracker = holder.get("tracker")
+        module = (tracker.current_module() if tracker is not None else "") or "the model's own forward"
+        raise PyExplainError(f"dmbp needs a piecewise-linear network (ReLU family, max/avg pooling); found "
+                             f"{getattr(func, '__name__', func)} at {module}, which the linearization does not "
+                             "support (1-D/3-D max-pooling, layer/group/instance norm, softmax)")
+    return refuse
 
 
 def linearize(model: nn.Module, x: Tensor, *, smooth: bool = False) -> Linearization:
@@ -208,23 +214,23 @@ def linearize(model: nn.Module, x: Tensor, *, smooth: bool = False) -> Lineariza
         return out
 
     handlers = {func: pool for func in _MAX_POOLS}
-    handlers.update({func: _refuse for func in _REFUSED})
+    handlers.update({func: _refuser(holder) for func in _REFUSED})
     if smooth:
         handlers.update({func: self_gated for func in _SELF_GATED})
         handlers.update({func: frozen_output for func in _FROZEN_OUTPUT})
     with torch.no_grad(), intercept_activations(model, rule, handlers) as tracker:
         holder["tracker"] = tracker
         logits = model(x)
-    others = dict(tracker.other_nonlinearities)
-    unsupported = sorted(set(others) & set(_UNSUPPORTED.values()))
-    if unsupported:
-        raise PyExplainError(f"the model uses {', '.join(unsupported)}, which is not piecewise linear and which "
-                             "linearize=True does not cover either (it covers silu, gelu, hardswish, mish, sigmoid, "
-                             "hardsigmoid, tanh)")
-    if others:
-        seen = ", ".join(f"{name} ×{count}" for name, count in sorted(others.items()))
-        raise PyExplainError(f"the model is not piecewise linear (it uses {seen}); pass linearize=True to "
-                             "freeze those nonlinearities at the clean pass (see the README's DMBP section)")
+    unsupported = tracker.first_other((ACTIVATIONS | GATES) - frozenset(_UNSUPPORTED.values()))
+    if unsupported is not None:
+        raise PyExplainError(f"dmbp needs a piecewise-linear network (ReLU family, max/avg pooling); found "
+                             f"{unsupported.kind} at {unsupported.where}, which linearize=True does not cover either "
+                             "(it covers silu, gelu, hardswish, mish, sigmoid, hardsigmoid, tanh)")
+    other = tracker.first_other()
+    if other is not None:
+        raise PyExplainError(f"dmbp needs a piecewise-linear network (ReLU family, max/avg pooling); found "
+                             f"{other.kind} at {other.where}, which is not piecewise linear; pass linearize=True to "
+                             "freeze SiLU/GELU/Hardswish/Mish and sigmoid/tanh gates at the clean pass")
     return Linearization(units, pools, logits)
 
 
@@ -274,7 +280,7 @@ def gated_forward(model: nn.Module, x: Tensor, state: Linearization, masks: Sequ
         return out, idx.repeat(out.shape[0] // idx.shape[0], *([1] * (idx.ndim - 1)))
 
     handlers = {func: pool for func in _MAX_POOLS}
-    handlers.update({func: _refuse for func in _REFUSED})
+    handlers.update({func: _refuser({}) for func in _REFUSED})
     if any(u.kind in _SELF_GATED_KINDS or not u.masked for u in state.units):
         handlers.update({func: smooth_unit for func in (*_SELF_GATED, *_FROZEN_OUTPUT)})
     with intercept_activations(model, rule, handlers):

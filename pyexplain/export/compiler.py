@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..api import eval_mode, model_device
-from ..core.layers import capture_layer, default_cam_layer, get_layer
+from ..core.layers import capture_layer, default_cam_layer, get_layer, resolve_layout
 from ..errors import PyExplainError
 from ..registry import get_method
 from . import steps as S
@@ -126,7 +126,7 @@ def _check_options(method: str, options: dict[str, Any]) -> None:
                              "or a list of per-activation-call tensors")
 
 
-def _cam_node(traced: TracedModel, model: nn.Module, example: Tensor, layer: str | None) -> str:
+def _cam_node(traced: TracedModel, model: nn.Module, example: Tensor, layer: str | None, reshape: str = "auto") -> str:
     """The step whose output is ``layer``'s output (the last step run inside that module)."""
     name = layer or default_cam_layer(model, example)
     module = get_layer(model, name)
@@ -139,6 +139,9 @@ def _cam_node(traced: TracedModel, model: nn.Module, example: Tensor, layer: str
     value = traced.values[node]
     if captured.output is None or value.ndim != 4 or not torch.equal(captured.output, value):
         raise PyExplainError(f"cannot export Grad-CAM at layer {name!r}: its output is not one spatial traced tensor")
+    if resolve_layout(tuple(value.shape), reshape, tuple(example.shape[-2:])) != "nchw":
+        raise PyExplainError(f"cannot export Grad-CAM at layer {name!r}: its output is channels-last; "
+                             "exported Grad-CAM takes NCHW layers")
     return node
 
 
@@ -181,7 +184,7 @@ def _compile(model: nn.Module, method: str, example_input: Tensor, options: dict
     traced = build(model, example)
     cam_node = ""
     if method in _CAM_METHODS:
-        cam_node = _cam_node(traced, model, example, options.get("layer"))
+        cam_node = _cam_node(traced, model, example, options.get("layer"), options.get("reshape", "auto"))
     defaults = {} if method == "lpr" else get_method(method).defaults
     explainer = CompiledExplainer(
         traced, method, absolute=bool(options.get("absolute", defaults.get("absolute", True))), cam_node=cam_node,

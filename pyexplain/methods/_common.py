@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.activations import ActivationRule, identity_rule, intercept_activations
+from ..core.activations import ActivationRule, ActivationTracker, identity_rule, intercept_activations
 from ..core.targets import Targets, target_scores
 
 
@@ -19,16 +19,20 @@ def _rule_context(model: nn.Module, rule: ActivationRule):
 
 
 def input_gradient(
-    model: nn.Module, x: Tensor, targets: Targets, rule: ActivationRule = identity_rule, *, clean: bool = True
+    model: nn.Module, x: Tensor, targets: Targets, rule: ActivationRule = identity_rule, *, clean: bool = True,
+    check: Callable[[ActivationTracker], None] | None = None,
 ) -> Tensor:
     """``∂ score_t / ∂ x`` for every row, with ``rule`` applied at each activation call.
 
     ``clean=True`` marks ``x`` as the unmodified input, so its logits resolve top-1 targets.
+    ``check`` sees what the (ruled) forward pass met, before the backward, and may refuse the model.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        with _rule_context(model, rule):
+        with _rule_context(model, rule) as tracker:
             logits = model(x)
+        if check is not None and tracker is not None:
+            check(tracker)
         if clean:
             targets.resolve(logits)
         (grad,) = torch.autograd.grad(targets.scores(logits).sum(), x)

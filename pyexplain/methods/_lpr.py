@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..core.activations import ActivationCall, intercept_activations
+from ..core.activations import ACTIVATIONS, ActivationCall, intercept_activations
 from ..core.rules import replace_backward
 from ..core.targets import Targets, target_scores
 from ..errors import PyExplainError
@@ -33,8 +34,16 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise PyExplainError(f"lpr option {name}={value!r} is not one of {', '.join(choices)}")
 
 
+#: The activation calls that get a rule: the ReLU family and every other elementwise activation of the
+#: feature path (SiLU, GELU, Hardswish, Mish, ELU, SELU, CELU, softplus), since the rule replaces the
+#: derivative whatever it is; ``f − f_ref`` is taken at the activation's input. Sigmoid/tanh gates
+#: (squeeze-excitation) scale another tensor and keep their plain gradient.
+RULED_KINDS = ACTIVATIONS
+
+
 def plugged(call: ActivationCall, head: bool) -> bool:
-    """Whether a rule goes on ``call``: every trunk activation, head (non-spatial) ones only with ``head``."""
+    """Whether a rule goes on ``call``: every trunk activation (feature maps, token sequences), head
+    (``[B, K]``) ones only with ``head``."""
     return call.spatial or head
 
 
@@ -44,8 +53,8 @@ def describe_unreachable(calls: list[ActivationCall], others: dict[str, int], he
     if calls and not head:
         return (f"LPR found only classifier-head activations ({len(calls)} non-spatial call(s)) and no "
                 f"convolutional-trunk ones; pass head=True to put rules on them")
-    return (f"LPR found no ReLU-family activation call to place rules on (ReLU, ReLU6, hardtanh, "
-            f"LeakyReLU); other nonlinearities seen: {seen}")
+    return (f"LPR found no activation call to place rules on (ReLU family, SiLU, GELU, Hardswish, Mish, ELU, "
+            f"SELU, CELU, softplus); other nonlinearities seen: {seen}")
 
 
 def reference_activations(model: nn.Module, x: Tensor, head: bool) -> list[Tensor]:
@@ -56,7 +65,7 @@ def reference_activations(model: nn.Module, x: Tensor, head: bool) -> list[Tenso
         recorded.append(f.detach())
         return call.forward(f)
 
-    with torch.no_grad(), intercept_activations(model, record) as tracker:
+    with torch.no_grad(), intercept_activations(model, record, kinds=RULED_KINDS) as tracker:
         model(x.new_zeros((1, *x.shape[1:])))
     if not any(plugged(c, head) for c in tracker.calls):
         raise PyExplainError(describe_unreachable(tracker.calls, tracker.other_nonlinearities, head))
@@ -128,6 +137,21 @@ def _batch_norm_handler(func, args, kwargs):
 FAST_BACKWARD_OPS = {F.conv2d: _conv2d_handler, F.batch_norm: _batch_norm_handler}
 
 
+def _hardsigmoid_handler(func, args, kwargs):
+    """``F.hardsigmoid`` (MobileNetV3's squeeze-excitation gate) as ``clamp(x/6 + 1/2, 0, 1)``: the same
+    values, and a backward that is itself differentiable (``hardsigmoid_backward`` is not)."""
+    x = args[0]
+    out = torch.clamp(x / 6 + 0.5, 0, 1)
+    if kwargs.get("inplace", args[1] if len(args) > 1 else False):
+        with torch.no_grad():
+            x.copy_(out)
+    return out
+
+
+#: Operations the ruled forward pass computes in a form that supports the second-order backward.
+TWICE_DIFFERENTIABLE_OPS = {F.hardsigmoid: _hardsigmoid_handler}
+
+
 @dataclass
 class RuleSite:
     """One activation call with a learnable rule. ``shift = f − f_ref`` (``f`` when there is no reference)
@@ -189,7 +213,10 @@ class RuleGraph:
             return replace_backward(call, f, site.backward)
 
         with torch.enable_grad():
-            with intercept_activations(model, rule, FAST_BACKWARD_OPS) as tracker:
+            # Attention through the math backend: the fused CPU/CUDA kernels have no double backward.
+            handlers = {**FAST_BACKWARD_OPS, **TWICE_DIFFERENTIABLE_OPS}
+            with sdpa_kernel(SDPBackend.MATH), intercept_activations(model, rule, handlers,
+                                                                     kinds=RULED_KINDS) as tracker:
                 logits = model(x)
             if not sites:
                 raise PyExplainError(describe_unreachable(tracker.calls, tracker.other_nonlinearities, head))

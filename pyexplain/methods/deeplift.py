@@ -1,4 +1,12 @@
-"""DeepLIFT with the rescale rule, on the shared activation-call interception."""
+"""DeepLIFT with the rescale rule, on the shared activation-call interception.
+
+The rescale multiplier ``(φ(f) − φ(f_ref)) / (f − f_ref)`` is defined for any elementwise
+nonlinearity, and DeepLIFT (Shrikumar et al. 2017) applies it to sigmoid and tanh as well as ReLU:
+it goes on every call of the ReLU family, SiLU, GELU, Hardswish, Mish, ELU, SELU, CELU, softplus
+and of sigmoid/hard-sigmoid/tanh gates. Operations that combine two input-dependent tensors
+(the product of a squeeze-excitation gate with its features, attention, layer norm) have no
+rescale rule and keep their gradient, so summation-to-delta is exact only for networks without them.
+"""
 from __future__ import annotations
 
 import itertools
@@ -10,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.activations import ActivationCall, inplace_safe, intercept_activations
+from ..core.activations import ACTIVATIONS, GATES, ActivationCall, inplace_safe, intercept_activations
 from ..core.targets import Targets
 from ..errors import PyExplainError
 from ..registry import register_method
 
+#: Every elementwise nonlinearity gets the rescale rule.
+RESCALED_KINDS = ACTIVATIONS | GATES
 _POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
 
@@ -103,7 +113,8 @@ def _record_reference(model: nn.Module, reference: Tensor) -> ReferencePass:
         recorded.pools.append(args[0].detach() if args else kwargs["input"].detach())
         return func(*args, **kwargs)
 
-    with torch.no_grad(), intercept_activations(model, record, {F.max_pool2d: record_pool}):
+    handlers = {F.max_pool2d: record_pool}
+    with torch.no_grad(), intercept_activations(model, record, handlers, kinds=RESCALED_KINDS):
         model(reference)
     return recorded
 
@@ -168,8 +179,8 @@ def deeplift(
     ``f_ref`` are the activation inputs recorded from a forward pass of the reference (a number or
     a tensor broadcastable to the input; 0 = the all-zero normalized image); a constant reference's
     pass is computed once per model state and image shape (:func:`reference_pass`). Summation to delta:
-    ``ΣA = F_t(x) − F_t(x_ref)`` for networks of ReLU-family activations, max/avg pooling
-    (``maxpool="rescale"``) and affine layers.
+    ``ΣA = F_t(x) − F_t(x_ref)`` for networks of elementwise activations (ReLU family, SiLU, GELU,
+    ..., sigmoid, tanh), max/avg pooling (``maxpool="rescale"``) and affine layers.
     """
     if maxpool not in ("rescale", "gradient"):
         raise PyExplainError(f"maxpool must be 'rescale' or 'gradient', got {maxpool!r}")
@@ -193,6 +204,7 @@ def deeplift(
         return _Rescaled.apply(f, value, multiplier)
 
     inplace_safe(rescale)  # keeps only the multiplier, never f
+
     def pool(func, args, kwargs):
         nonlocal pool_calls
         f, pooling, wants_indices = _pool_call(args, kwargs)
@@ -205,7 +217,7 @@ def deeplift(
     inputs = x.detach().requires_grad_(True)
     with torch.enable_grad():
         handlers = {F.max_pool2d: pool} if maxpool == "rescale" else {}
-        with intercept_activations(model, rescale, handlers) as tracker:
+        with intercept_activations(model, rescale, handlers, kinds=RESCALED_KINDS) as tracker:
             logits = model(inputs)
         if len(tracker.calls) != len(ref_activations) or (handlers and pool_calls != len(ref_pools)):
             raise _mismatch("number of activation or max-pool calls")

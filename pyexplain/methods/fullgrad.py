@@ -14,6 +14,9 @@ with ``ψ`` taken per image over all channels and positions, each term then summ
 channels, bias terms upsampled bilinearly (``align_corners=True``) to the input size; non-spatial
 (linear-layer) terms enter the decomposition but not the map. The attribution spreads ``S`` (≥ 0)
 evenly over the input channels, so its channel sum is ``S``.
+
+A model with a nonlinearity that is not piecewise linear (SiLU, GELU, Hardswish, sigmoid/tanh gates,
+...) is refused: its bias-gradients no longer complete the logit.
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ def fullgrad_decompose(model: nn.Module, x: Tensor, targets: Targets) -> FullGra
         raise PyExplainError("fullgrad decomposes the logit; use score='logit'")
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        with capture_biases(model) as sites:
+        with capture_biases(model, "fullgrad") as sites:
             logits = model(x)
         targets.resolve(logits)
         grads = torch.autograd.grad(targets.scores(logits).sum(), [x] + [s.output for s in sites], allow_unused=True)

@@ -6,35 +6,36 @@ Relevance travels backwards through autograd in place of the gradient; each laye
   left unfolded, average pooling (``avg_pool``, ``adaptive_avg_pool``): the ε-rule
   ``R_j = x_j Σ_k w_jk R_k / (z_k + ε·sign(z_k))`` with ``z_k = Σ_j x_j w_jk + b_k``
   (``sign(0) = +1``; for pooling ``w_jk`` are the pooling weights and ``b = 0``);
-- ReLU-family activations: pass-through (``R_in = R_out``);
+- ReLU-family activations and the self-gated ``φ(f) = f·g(f)`` ones (SiLU, GELU, Hardswish, Mish)
+  and ELU/SELU/CELU/softplus: pass-through (``R_in = R_out``), as Zennit's ``Pass`` rule;
 - sums of two tensors of the same shape (residual adds): ``R_a = a/(z + ε·sign z)·R_z`` and
   ``R_b = b/(z + ε·sign z)·R_z``, split in proportion to the summands;
 - max pooling: winner takes all (the relevance of each window goes to its maximum);
 - everything else (padding, flatten, reshape, concatenation, dropout in eval): its own
   vector-Jacobian product, which moves relevance without changing it.
 
+Refused, with a one-line error naming the function and its module: sigmoid/hard-sigmoid/tanh gates
+(squeeze-excitation: the product of two activations has no ε-rule), layer/group norm, softmax and
+attention (their LRP rules, e.g. AttnLRP, are not implemented here).
+
 The output relevance is the target's logit ``z_t`` (``z ⊙ ∂score/∂z`` for other scores), so
 ``ΣA ≈ z_t`` minus what the biases absorb.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.activations import ActivationCall, intercept_activations
+from ..core.activations import ACTIVATIONS, ActivationCall, intercept_activations, refuse_unsupported
 from ..core import canonize
 from ..core.rules import replace_backward
 from ..core.targets import Targets
 from ..errors import PyExplainError
 from ..registry import register_method
 from ._perturb import check_positive
-
-_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
-
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + ε·sign(z)`` with ``sign(0) = +1``.
@@ -81,7 +82,14 @@ def _carries_relevance(t: object) -> bool:
     return isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled()
 
 
-def _handlers(epsilon: float) -> dict:
+#: Operations without an ε-LRP rule here: refused, never given their gradient.
+_NO_RULE = {F.layer_norm: "layer_norm", F.group_norm: "group_norm", F.softmax: "softmax", torch.softmax: "softmax",
+            Tensor.softmax: "softmax", F.scaled_dot_product_attention: "scaled_dot_product_attention",
+            F.multi_head_attention_forward: "multi_head_attention"}
+_NEEDS = "has rules for conv/linear/BN/pooling, residual sums and elementwise activations only"
+
+
+def _handlers(epsilon: float, where=lambda: "") -> dict:
     def epsilon_rule(func, args, kwargs):
         x = args[0]
         if not _carries_relevance(x):
@@ -100,7 +108,13 @@ def _handlers(epsilon: float) -> dict:
     linear_ops = (F.conv1d, F.conv2d, F.conv3d, F.linear, F.batch_norm, F.avg_pool1d, F.avg_pool2d,
                   F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
     sums = (torch.add, Tensor.add, Tensor.add_)  # ``a + b`` and ``a += b`` arrive as Tensor.add(_)
-    return {**{op: epsilon_rule for op in linear_ops}, **{op: residual_sum for op in sums}}
+
+    def refuse(func, args, kwargs):
+        module = where() or "the model's own forward"
+        raise PyExplainError(f"lrp_epsilon {_NEEDS}; found {_NO_RULE[func]} at {module}")
+
+    return {**{op: epsilon_rule for op in linear_ops}, **{op: residual_sum for op in sums},
+            **{op: refuse for op in _NO_RULE}}
 
 
 def pass_through_rule(call: ActivationCall, x: Tensor) -> Tensor:
@@ -108,23 +122,15 @@ def pass_through_rule(call: ActivationCall, x: Tensor) -> Tensor:
     return replace_backward(call, x, lambda r: r)
 
 
-def _fingerprint(model: nn.Module) -> tuple:
-    tensors = list(model.parameters()) + list(model.buffers())
-    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
-
-
 def folded(model: nn.Module) -> nn.Module:
-    """``canonize.fold_batchnorm(model)``, cached while the model's tensors are unchanged."""
-    key = _fingerprint(model)
-    cached = _FOLDED.get(model)
-    if cached is None or cached[0] != key:
-        try:
-            cached = (key, canonize.fold_batchnorm(model))
-        except PyExplainError as exc:
-            raise PyExplainError(
-                f"{exc}; pass fold_batchnorm=False to apply the ε-rule to BatchNorm as its own layer") from None
-        _FOLDED[model] = cached
-    return cached[1]
+    """``canonize.fold_batchnorm(model)``, built afresh on every call: it shares every unfolded layer with
+    ``model`` and costs a trace (under 3% of an LRP call on VGG16/ResNet-50, benchmarks/RESULTS.md), so
+    no cache can return a fold of weights, hyper-parameters or layers the model no longer has."""
+    try:
+        return canonize.fold_batchnorm(model)
+    except PyExplainError as exc:
+        raise PyExplainError(
+            f"{exc}; pass fold_batchnorm=False to apply the ε-rule to BatchNorm as its own layer") from None
 
 
 @register_method(
@@ -143,8 +149,12 @@ def lrp_epsilon(
     net = folded(model) if fold_batchnorm else model
     inputs = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        with intercept_activations(net, pass_through_rule, _handlers(epsilon)):
+        holder: dict = {}
+        handlers = _handlers(epsilon, lambda: holder["tracker"].current_module())
+        with intercept_activations(net, pass_through_rule, handlers, kinds=ACTIVATIONS) as tracker:
+            holder["tracker"] = tracker
             logits = net(inputs)
+        refuse_unsupported(tracker, "lrp_epsilon", f"{_NEEDS} (a sigmoid/tanh gate multiplies two activations)")
         targets.resolve(logits)
         probe = logits.detach().requires_grad_(True)
         (seed,) = torch.autograd.grad(targets.scores(probe).sum(), probe)
