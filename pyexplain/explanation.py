@@ -57,15 +57,22 @@ class Explanation:
         image = self.images[int(self.image_index[row])]
         return self.preprocess.to_image(attribution_map, image.width, image.height).astype(np.float32)
 
-    def overlay(self, row: int = 0) -> Image.Image:
-        """Row ``row``'s image beside its heatmap over it (red = for, blue = against), at the
-        image's own resolution (:func:`pyexplain.visualize.overlay`); PIL/numpy inputs only."""
-        from .visualize import overlay
+    def overlay(self, row: int = 0, layout: str = "side-by-side") -> Image.Image:
+        """Row ``row``'s figure as ``pyexplain explain`` draws it: its image at its own resolution and
+        the map with a colour bar, titled with the target and its probability (``layout``:
+        ``"side-by-side"`` or ``"overlay"``, the map over a faded copy); PIL/numpy inputs only."""
+        from .registry import get_method
+        from .visualize import explanation_image, model_picture, title_line
 
-        if self.images is None:
+        if self.images is None or self.preprocess is None:
             raise PyExplainError("overlay needs the input image: explain PIL or numpy images, or draw the tensor "
                                  "input with pyexplain.visualize.overlay")
-        return overlay(self.images[int(self.image_index[row])], self.numpy(row))
+        target = int(self.targets[row])
+        probability = float(self.logits[row].float().softmax(0)[target])
+        title = title_line("", self.method, target, self.preprocess.label(target), probability)
+        picture = model_picture(self.images[int(self.image_index[row])], self.preprocess)
+        sign = get_method(self.method).map_sign(self.options)
+        return explanation_image(picture, self.map[row].detach().float().cpu().numpy(), sign, title, layout)
 
     def __repr__(self) -> str:
         targets = self.targets.tolist()

@@ -11,6 +11,7 @@ import torch
 import pyexplain
 from pyexplain import PyExplainError
 from pyexplain.models.hub import OFFLINE_ENV
+from pyexplain import model_catalog
 from pyexplain.model_catalog import weights_status
 from pyexplain.models.torchvision_models import default_weights, torchvision_names
 
@@ -45,7 +46,9 @@ def hub(tmp_path, monkeypatch):
 
 
 def _point_weights_at(monkeypatch, url: str) -> None:
+    """torchvision's weights entry, and the catalogue ``pyexplain models`` reads, point at ``url``."""
     monkeypatch.setattr(default_weights(NAME).value, "url", url)
+    monkeypatch.setitem(model_catalog.TORCHVISION_WEIGHTS, NAME, (url, model_catalog.TORCHVISION_WEIGHTS[NAME][1]))
 
 
 def _files(folder) -> list[str]:

@@ -62,6 +62,9 @@ class LogitsModel(nn.Module):
     def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Module]]:
         return self.model.named_modules(memo, prefix, remove_duplicate)
 
+    def get_submodule(self, target: str) -> nn.Module:
+        return self.model.get_submodule(target)
+
     def __getattr__(self, name: str) -> Any:
         """The wrapped model's attributes by their own names (``get_submodule("layer4")``, torch.fx)."""
         try:
