@@ -42,3 +42,12 @@ def resnet18():
 def small_images():
     """Two seeded random images ``[2, 3, 64, 64]`` in normalized space."""
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as each torchrun rank has (OMP_NUM_THREADS=1), so floats match bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,15 +30,6 @@ STD = np.array([0.229, 0.224, 0.225])
 TINY = ["--model", "dataset_models:tiny_cnn", "--input-size", "32", "--no-progress"]
 
 
-@pytest.fixture
-def one_thread():
-    """Same intra-op thread count as each torchrun rank (OMP_NUM_THREADS=1), so floats match bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "OMP_NUM_THREADS": "1"}
 

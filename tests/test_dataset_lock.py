@@ -106,13 +106,3 @@ def test_overwrite_keeps_the_lock_file_and_refuses_foreign_folders_untouched(tmp
         assert run_dataset_cli([src, "--out", foreign, *TINY, "--overwrite"]) == 2
         assert capsys.readouterr().err.count("\n") == 1
         assert foreign.read_text() == "mine" if foreign.is_file() else [p.name for p in foreign.iterdir()] == ["keep.txt"]
-
-
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
