@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from test_dataset import _env, _journaled, make_folder, manifest, outputs, run_dataset_cli
 
