@@ -86,7 +86,7 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in (
         description='gradient-weighted class activation map of a convolutional layer (last spatial layer by default)',
         paper='Selvaraju et al.: Grad-CAM (ICCV 2017)',
         cost='1 forward + 1 partial backward',
-        defaults={'layer': None, 'interpolation': 'bilinear'},
+        defaults={'layer': None, 'interpolation': 'bilinear', 'reshape': 'auto'},
         sign='nonnegative',
     ),
     MethodEntry(
@@ -108,7 +108,7 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in (
         description='Guided Backprop multiplied by the upsampled Grad-CAM map',
         paper='Selvaraju et al.: Grad-CAM (ICCV 2017)',
         cost='1 forward + 1 partial backward + 1 backward',
-        defaults={'layer': None, 'interpolation': 'bilinear'},
+        defaults={'layer': None, 'interpolation': 'bilinear', 'reshape': 'auto'},
     ),
     MethodEntry(
         'integrated_gradients', iterative=False,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from pyexplain import model_catalog, registry
 from pyexplain.io import builtin_image
-from tests.cli_support import exit_code
+from tests.cli_support import exit_code, run_cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: Option values small enough for a test (iterative methods, sampling methods, occlusion).
@@ -150,7 +150,7 @@ def test_every_readme_command_is_run_or_excused():
 
 
 @pytest.mark.slow
-def test_readme_shell_commands_run_as_written(workspace, cheap_methods, monkeypatch):
+def test_readme_shell_commands_run_as_written(workspace, cheap_methods, monkeypatch, capsys):
     monkeypatch.chdir(workspace)
     ran = 0
     for command in shell_commands():
@@ -160,7 +160,8 @@ def test_readme_shell_commands_run_as_written(workspace, cheap_methods, monkeypa
         while "=" in words[0]:  # VAR=value prefixes
             key, _, value = words.pop(0).partition("=")
             monkeypatch.setenv(key, value)
-        assert exit_code(cli_arguments(words)) == 0, str(command)
+        code, _, err = run_cli(cli_arguments(words), capsys)
+        assert code == 0, f"{command}: {err[-1000:]}"
         monkeypatch.delenv("PYEXPLAIN_BACKEND", raising=False)
         ran += 1
     assert ran >= 20
