@@ -74,6 +74,10 @@ def _edit_data(model):
     model.features[4].weight.data = model.features[4].weight.data * 1.5
 
 
+def _write_into_data(model):
+    model.features[4].weight.data.mul_(1.5)  # bypasses autograd's version counter
+
+
 def _edit_in_place(model):
     with torch.no_grad():
         model.features[1].running_mean.add_(0.5)
@@ -89,7 +93,7 @@ def _swap_module(model):
     model.features[7] = torch.nn.Conv2d(16, 16, 3, padding=1).double()
 
 
-@pytest.mark.parametrize("edit", [_edit_data, _edit_in_place, _load_state_dict, _swap_module])
+@pytest.mark.parametrize("edit", [_edit_data, _write_into_data, _edit_in_place, _load_state_dict, _swap_module])
 def test_cached_reference_follows_model_changes(edit):
     """The constant reference's pass is cached per model; after each kind of change the result equals
     a fresh copy's (which has no cache entry), and differs from the result before the change."""

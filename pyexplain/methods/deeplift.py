@@ -119,14 +119,23 @@ def _record_reference(model: nn.Module, reference: Tensor) -> ReferencePass:
     return recorded
 
 
+def _checksums(t: Tensor) -> tuple[float, float]:
+    """Two sums of ``t``'s values, the second over every third one: they change with any edit of the
+    values (``p.data.mul_``, ``fill_``, ``copy_``, ...), including writes that bypass autograd's
+    version counter, at the cost of one pass over the weights (a few per cent of a forward pass)."""
+    flat = t.detach().reshape(-1)
+    return float(flat.sum()), float(flat[::3].sum())
+
+
 def model_state(model: nn.Module) -> tuple:
     """A key that changes when the model does: its modules (name, identity, type, train flag) and
-    every parameter and buffer (identity, autograd version counter, storage, dtype, device, shape).
+    every parameter and buffer (identity, version counter, storage, dtype, device, shape, and
+    :func:`_checksums` of its values).
 
-    Covers ``load_state_dict``, in-place edits under ``torch.no_grad()``, assignments to ``p.data``
-    and swapped modules; writes *into* ``p.data`` bypass the version counter and are not seen."""
+    Covers ``load_state_dict``, in-place edits with or without ``torch.no_grad()``, writes into and
+    assignments to ``p.data`` and swapped modules."""
     modules = tuple((name, id(m), type(m), m.training) for name, m in model.named_modules())
-    tensors = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape))
+    tensors = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape), _checksums(t))
                     for t in itertools.chain(model.parameters(), model.buffers()))
     return modules, tensors
 
