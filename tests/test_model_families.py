@@ -3,6 +3,7 @@ architecture allows): maps of the input's shape, finite; against Captum's InputX
 LayerGradCam where Captum's layout applies."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import get_model
@@ -60,3 +61,22 @@ def test_against_captum(name, layer):
     cam = gradcam_map(model, x, Targets(target), None)
     theirs = LayerGradCam(model, model.get_submodule(layer)).attribute(x, target=target, relu_attributions=True)[:, 0]
     torch.testing.assert_close(cam, theirs, rtol=1e-9, atol=1e-12 * float(theirs.abs().max()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [(name, 224 if name == "vit_b_16" else max(size, 64)) for name, size, _ in FAMILIES],
+                         ids=[f[0] for f in FAMILIES])
+def test_cli_model_name_with_random_weights(name, size, tmp_path, capsys):
+    """``pyexplain explain IMAGE --model NAME --random-weights`` for each family, Grad×Input and Grad-CAM."""
+    from PIL import Image
+
+    from tests.cli_support import run_cli
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (size + 8, size), (120, 80, 40)).save(image)
+    for method in ("gradxinput", "gradcam"):
+        code, _, err = run_cli(["explain", image, "--model", name, "--random-weights", "--input-size", size,
+                                "-M", method, "--out", tmp_path / "out", "--json"], capsys)
+        assert code == 0, err
+        written = np.load(tmp_path / "out" / f"photo_{method}.npy")
+        assert written.shape == (size, size) and np.isfinite(written).all()
