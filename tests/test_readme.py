@@ -133,8 +133,9 @@ def cheap_methods():
     saved = dict(registry._METHODS)
     for name, info in saved.items():
         small = {key: value for key, value in CHEAP.items() if key in info.defaults}
-        if small:
-            registry._METHODS[name] = type(info)(**{**info.__dict__, "fn": partial(info.fn, **small)})
+        if small:  # the function's own defaults, and the registry's copy (explain-dataset fills options in from it)
+            registry._METHODS[name] = type(info)(**{**info.__dict__, "fn": partial(info.fn, **small),
+                                                    "defaults": {**info.defaults, **small}})
     yield
     registry._METHODS.clear()
     registry._METHODS.update(saved)
