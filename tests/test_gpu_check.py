@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -42,7 +44,7 @@ def test_unknown_step_and_missing_gpu_are_refused(tmp_path, capsys):
     gpu_check = _gpu_check()
     with pytest.raises(SystemExit) as exc:
         gpu_check.main(["--out", str(tmp_path), "--dry-run", "--steps", "nope"])
-    assert exc.value.code == 2
+    assert exc.value.code == 2 and "unknown step 'nope'" in capsys.readouterr().err
     if not __import__("torch").cuda.is_available():
         assert gpu_check.main(["--out", str(tmp_path)]) == 2
         assert capsys.readouterr().err.startswith("error: no CUDA device")
