@@ -23,17 +23,36 @@ from torch import Tensor, nn
 
 from ..errors import PyExplainError
 from .activations import ActivationCall, intercept_activations, refuse_unsupported
-from .linearize import activation_offset
 
 
 @dataclass(frozen=True)
 class BiasSite:
-    """One additive offset: ``output`` (in the autograd graph) contains ``+ bias`` (broadcast)."""
+    """One additive offset: ``output`` (in the autograd graph) contains ``+ bias`` (broadcast).
+
+    Conv, linear and batch-norm sites hold the bias in ``value``; a saturation site holds its
+    activation's input ``pre_activation`` (kept by autograd for the backward anyway) and
+    ``(low, high)`` in ``clamp``, and derives the bias when asked."""
 
     kind: str  # "conv", "linear", "batchnorm" or "saturation"
     module_name: str
     output: Tensor
-    bias: Tensor
+    value: Tensor | None = None
+    pre_activation: Tensor | None = None
+    clamp: tuple[float, float] | None = None
+
+    @property
+    def bias(self) -> Tensor:
+        """The offset, broadcastable to ``output``; for a clamping activation
+        ``c = φ(f) − φ'(f)·f`` (:func:`~pyexplain.core.linearize.activation_offset`)."""
+        if self.clamp is None:
+            return self.value
+        f = self.pre_activation
+        return torch.clamp(f, *self.clamp) - torch.ops.aten.hardtanh_backward(f, f, *self.clamp)
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether the bias holds one value per channel (dimension 1) of the output: conv and batch norm."""
+        return self.kind in ("conv", "batchnorm")
 
 
 def _channel_bias(bias: Tensor, output: Tensor) -> Tensor:
@@ -52,6 +71,16 @@ def _effective_bn_bias(args, kwargs) -> Tensor | None:
     scale = torch.rsqrt(var + eps) * (weight if weight is not None else 1)
     effective = -mean * scale + (bias if bias is not None else 0)
     return effective.detach()
+
+
+def _native_activation(call: ActivationCall, f: Tensor) -> Tensor:
+    """The activation by its own ATen kernel, so that its backward is the native one (one float
+    kernel; ``clamp``'s backward builds boolean masks and runs ``where``, several times slower)."""
+    if call.kind == "relu":
+        return torch.relu(f)
+    if call.kind == "hardtanh":
+        return F.hardtanh(f, call.low, call.high)
+    return F.leaky_relu(f, call.negative_slope)
 
 
 @contextlib.contextmanager
@@ -73,10 +102,10 @@ def capture_biases(model: nn.Module, method: str = "the bias decomposition") -> 
         return holder["tracker"].current_module()
 
     def rule(call: ActivationCall, f: Tensor) -> Tensor:
-        out = call.forward(f)
-        offset = activation_offset(call, f.detach())
-        if offset is not None:
-            sites.append(BiasSite("saturation", call.module_name, out, offset))
+        out = _native_activation(call, f)
+        if call.kind == "hardtanh":
+            sites.append(BiasSite("saturation", call.module_name, out, pre_activation=f.detach(),
+                                  clamp=(call.low, call.high)))
         return out
 
     def affine(kind: str, bias_index: int):

@@ -20,13 +20,16 @@ A model with a nonlinearity that is not piecewise linear (SiLU, GELU, Hardswish,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.biases import capture_biases
+from ..core.biases import BiasSite, capture_biases
 from ..core.targets import Targets
 from ..errors import PyExplainError
 from ..registry import register_method
@@ -57,9 +60,10 @@ class FullGradDecomposition:
         return total
 
 
-def fullgrad_decompose(model: nn.Module, x: Tensor, targets: Targets) -> FullGradDecomposition:
-    """One forward and one backward: the input-gradient term and every bias-gradient term of the
-    target logit."""
+@contextlib.contextmanager
+def _bias_sites(model: nn.Module, x: Tensor, targets: Targets) -> Iterator[tuple[Tensor, list[BiasSite], Tensor]]:
+    """One recording forward pass, in grad mode for the context's body: the input leaf, every bias
+    site and the summed target logits."""
     if targets.score != "logit":
         raise PyExplainError("fullgrad decomposes the logit; use score='logit'")
     x = x.detach().requires_grad_(True)
@@ -67,38 +71,100 @@ def fullgrad_decompose(model: nn.Module, x: Tensor, targets: Targets) -> FullGra
         with capture_biases(model, "fullgrad") as sites:
             logits = model(x)
         targets.resolve(logits)
-        grads = torch.autograd.grad(targets.scores(logits).sum(), [x] + [s.output for s in sites], allow_unused=True)
+        yield x, sites, targets.scores(logits).sum()
+
+
+def fullgrad_decompose(model: nn.Module, x: Tensor, targets: Targets) -> FullGradDecomposition:
+    """One forward and one backward: the input-gradient term and every bias-gradient term of the
+    target logit."""
+    with _bias_sites(model, x, targets) as (x, sites, score):
+        grads = torch.autograd.grad(score, [x] + [s.output for s in sites], allow_unused=True)
     terms = [BiasTerm(site.kind, site.module_name,
                       (torch.zeros_like(site.output) if grad is None else grad).detach() * site.bias)
              for site, grad in zip(sites, grads[1:])]
     return FullGradDecomposition(grads[0] * x.detach(), terms)
 
 
-def _normalized_channel_sum(term: Tensor, eps: float = 1e-6) -> Tensor:
-    """``Σ_c ψ(term)`` ``[N, ...]``, ``ψ`` the absolute value min–max scaled per image over all channels
-    and positions: ``(Σ_c |t| − C·min|t|) / (max|t| − min|t| + eps)``."""
-    magnitude = term.abs()
-    flat = magnitude.flatten(1)
-    low, high = flat.amin(1), flat.amax(1)  # two fast reductions (aminmax over a dim is slower here)
-    shape = (-1,) + (1,) * (term.ndim - 2)
-    return (magnitude.sum(1) - term.shape[1] * low.view(shape)) / (high - low + eps).view(shape)
+@dataclass
+class _Magnitudes:
+    """For terms ``t_s`` (``[N, C_s, H_s, W_s]``) written ``|t_s| = w_s ⊙ m_s`` with a per-channel weight
+    ``w_s ≥ 0``: per term, the per-channel extremes of ``m_s`` and the weighted channel sum
+    ``Σ_c w_c m_c``; :meth:`saliency` scales them by ψ's per-image extremes, all terms at once."""
+
+    lows: list[Tensor] = field(default_factory=list)  # min over positions of m_s, [N, C_s]
+    highs: list[Tensor] = field(default_factory=list)  # max over positions of m_s, [N, C_s]
+    weights: list[Tensor] = field(default_factory=list)  # w_s, [C_s]
+    channel_sums: list[Tensor] = field(default_factory=list)  # Σ_c w_c m_c, [N, H_s, W_s]
+
+    def add(self, magnitude: Tensor, weight: Tensor | None = None) -> None:
+        """One term ``|t| = weight ⊙ magnitude`` (``weight`` None: ones)."""
+        self.lows.append(magnitude.amin((2, 3)))
+        self.highs.append(magnitude.amax((2, 3)))
+        if weight is None:
+            self.weights.append(magnitude.new_ones(magnitude.shape[1]))
+            self.channel_sums.append(magnitude.sum(1))
+        else:
+            self.weights.append(weight)
+            self.channel_sums.append(torch.matmul(weight, magnitude.flatten(2)).view(magnitude.shape[0], *magnitude.shape[2:]))
+
+    def saliency(self, size: tuple[int, int], eps: float = 1e-6) -> Tensor:
+        """``Σ_s upsample(Σ_c ψ(t_s))`` ``[N, *size]``, ``ψ(t) = (|t| − lo) / (hi − lo + eps)`` with ``lo``,
+        ``hi`` the extremes of ``|t_s|`` per image: ``lo_s = min_c w_c·min m_c`` (``w ≥ 0``: scaling
+        preserves order, also in float rounding). The constants ``C_s·lo_s`` are subtracted once per image
+        (bilinear upsampling keeps a constant); maps of one resolution are added before one upsampling."""
+        weights = torch.cat(self.weights)
+        sizes = [w.numel() for w in self.weights]
+        term = torch.repeat_interleave(torch.arange(len(sizes), device=weights.device),
+                                       torch.tensor(sizes, device=weights.device)).expand(self.lows[0].shape[0], -1)
+        extremes = torch.cat(self.lows, 1).mul_(weights), torch.cat(self.highs, 1).mul_(weights)
+        zeros = extremes[0].new_zeros(term.shape[0], len(sizes))
+        low = zeros.scatter_reduce(1, term, extremes[0], "amin", include_self=False)
+        high = zeros.scatter_reduce(1, term, extremes[1], "amax", include_self=False)
+        scale = (high - low).add_(eps).reciprocal_()  # [N, terms]
+        constant = (low * scale * torch.tensor(sizes, dtype=scale.dtype, device=scale.device)).sum(1)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for s, channel_sum in enumerate(self.channel_sums):
+            by_size.setdefault(tuple(channel_sum.shape[-2:]), []).append(s)
+        saliency = -constant.view(-1, 1, 1)
+        for key, members in by_size.items():
+            maps = torch.einsum("snhw,ns->nhw", torch.stack([self.channel_sums[s] for s in members]), scale[:, members])
+            if key != tuple(size):
+                maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+            saliency = saliency + maps
+        return saliency
 
 
-def fullgrad_map(decomposition: FullGradDecomposition, size: tuple[int, int]) -> Tensor:
-    """The FullGrad saliency ``S`` ``[N, H, W]`` from a decomposition.
+def _below(value: float, dtype: torch.dtype) -> float:
+    """The largest number of ``dtype`` below ``value``: ``f > _below(high)`` iff ``f ≥ high``."""
+    high = torch.tensor(value, dtype=dtype)
+    return torch.nextafter(high, high.new_tensor(-math.inf)).item()
 
-    Upsampling is linear, so the channel-summed bias maps of one resolution are added first and
-    upsampled once per resolution."""
-    saliency = _normalized_channel_sum(decomposition.input_term)
-    by_size: dict[tuple[int, int], Tensor] = {}
-    for term in decomposition.bias_terms:
-        if term.value.ndim == 4:
-            channel_sum = _normalized_channel_sum(term.value)
-            key = tuple(channel_sum.shape[-2:])
-            by_size[key] = channel_sum if key not in by_size else by_size[key] + channel_sum
-    for channel_sum in by_size.values():
-        saliency = saliency + F.interpolate(channel_sum[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
-    return saliency
+
+def _bias_magnitude(site: BiasSite, grad: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``|∇_bF ⊙ b| = w ⊙ m`` as ``(m, w)`` (``w`` per channel, None for ones) from ``∇_bF``, without
+    building ``b``: a conv/BN bias gives ``(|∇_bF|, |b_c|)``; ReLU6-like saturation (``low = 0 < high``,
+    ``c = high·1[f ≥ high]``) gives ``(|∇_bF ⊙ 1[f ≥ high]|, high)`` (one ``threshold_backward``)."""
+    if site.per_channel:
+        return grad.abs(), site.value.detach().flatten().abs()
+    if site.clamp is not None and site.clamp[0] == 0 < site.clamp[1]:
+        f, high = site.pre_activation, site.clamp[1]
+        saturated = torch.ops.aten.threshold_backward(grad, f, _below(high, f.dtype)).abs_()
+        return saturated, grad.new_full((grad.shape[1],), high)
+    return (grad * site.bias).abs_(), None
+
+
+def _saliency(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
+    """The FullGrad saliency ``S`` ``[N, H, W]`` in one forward and one backward to the input. Each bias
+    site's term is reduced (:class:`_Magnitudes`) by a hook while the backward pass produces its
+    gradient, so no term and no site gradient is kept."""
+    magnitudes = _Magnitudes()
+    with _bias_sites(model, x, targets) as (leaf, sites, score):
+        for site in sites:
+            if site.output.ndim == 4 and site.output.requires_grad:  # spatial terms only enter the map
+                site.output.register_hook(lambda grad, site=site: magnitudes.add(*_bias_magnitude(site, grad)))
+        (input_grad,) = torch.autograd.grad(score, leaf)
+    magnitudes.add(torch.mul(input_grad, x).abs_())
+    return magnitudes.saliency(tuple(x.shape[-2:]))
 
 
 @register_method(
@@ -110,5 +176,5 @@ def fullgrad_map(decomposition: FullGradDecomposition, size: tuple[int, int]) ->
 )
 def fullgrad(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
     """``S = ψ(∇ₓF ⊙ x) + Σ_l upsample(ψ(∇_{b_l}F ⊙ b_l))``, spread evenly over the input channels."""
-    saliency = fullgrad_map(fullgrad_decompose(model, x, targets), tuple(x.shape[-2:]))
+    saliency = _saliency(model, x, targets)
     return saliency[:, None].expand(-1, x.shape[1], -1, -1) / x.shape[1]
