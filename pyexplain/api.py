@@ -45,7 +45,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
     """The floating dtype of the model's first floating parameter or buffer (None if it has none)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return tensor.dtype
     return None

@@ -102,3 +102,81 @@ def test_non_logit_score_is_refused_and_model_untouched():
         pyexplain.explain(model, small_input(), "fullgrad", score="probability")
     pyexplain.explain(model, small_input(), "fullgrad")
     assert all(p.grad is None for p in model.parameters())
+
+
+class InplaceNet(nn.Module):
+    """In-place activations over recorded outputs: conv → BN → ReLU6(inplace) → conv (bias) → BN,
+    ``+=`` shortcut, ReLU(inplace); a hardtanh(−1, 1) (saturating at both bounds) → pool → linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu6 = nn.ReLU6(inplace=True)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(6, 4, 1)
+        self.clip = nn.Hardtanh(-1.0, 1.0)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu6(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(h))
+        out += h
+        out = self.relu(out)
+        out = self.clip(self.conv3(out))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def _inplace_net() -> InplaceNet:
+    from model_support import randomize_batchnorm
+
+    torch.manual_seed(0)
+    net = InplaceNet()
+    randomize_batchnorm((net.bn1, net.bn2), mean=(-1, 1), var=(0.5, 2), weight=(0.5, 2), bias=(-0.5, 0.5))
+    with torch.no_grad():
+        net.bn1.weight.mul_(6)  # part of the ReLU6 inputs above 6
+        net.conv3.weight.mul_(4)  # part of the hardtanh inputs beyond ±1
+    return net.double().eval()
+
+
+def test_inplace_activations_keep_the_recorded_gradients():
+    """With in-place ReLU6/ReLU and an in-place add over batch-norm outputs, the bias terms still equal
+    ∂F/∂b ⊙ b from autograd on the parameters, the decomposition still completes the logit, both
+    bounds of hardtanh(−1, 1) saturate, and the map follows the reference aggregation."""
+    model, x = _inplace_net(), small_input(2)
+    targets = Targets(None)
+    decomposition = fullgrad_decompose(model, x, targets)
+    with torch.no_grad():
+        logits = model(x).gather(1, targets.indices[:, None])[:, 0]
+    torch.testing.assert_close(decomposition.total(), logits, rtol=1e-10, atol=1e-10)
+    terms = {(term.kind, term.module_name): term.value for term in decomposition.bias_terms}
+    assert set(terms) == {("batchnorm", "bn1"), ("saturation", "relu6"), ("conv", "conv2"), ("batchnorm", "bn2"),
+                          ("conv", "conv3"), ("saturation", "clip"), ("linear", "fc")}
+    bn = lambda m: m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)  # noqa: E731
+    checks = [(("batchnorm", "bn1"), model.bn1.bias, bn(model.bn1)), (("conv", "conv2"), model.conv2.bias, model.conv2.bias),
+              (("batchnorm", "bn2"), model.bn2.bias, bn(model.bn2)), (("conv", "conv3"), model.conv3.bias, model.conv3.bias)]
+    for i in range(2):
+        t = int(targets.indices[i])
+        grads = torch.autograd.grad(model(x[i:i + 1])[0, t], [p for _, p, _ in checks])
+        for (key, _, bias), grad in zip(checks, grads):
+            per_channel = terms[key][i].reshape(terms[key].shape[1], -1).sum(1)
+            torch.testing.assert_close(per_channel, grad * bias.detach(), rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        h = F.relu6(model.bn1(model.conv1(x)))
+        pre = model.conv3(F.relu(model.bn2(model.conv2(h)) + h))
+    clip = terms[("saturation", "clip")]  # nonzero exactly where saturated (at both bounds)
+    assert (clip[pre < -1] != 0).any() and (clip[pre > 1] != 0).any() and (clip[pre.abs() < 1] == 0).all()
+    assert (terms[("saturation", "relu6")][h == 6] != 0).any()
+    e = pyexplain.explain(model, x, "fullgrad", target=targets.indices)
+    torch.testing.assert_close(e.map, _reference_map(decomposition, x), rtol=1e-10, atol=1e-10)
+
+
+def test_map_in_float32_matches_the_reference_aggregation():
+    """The reduced map (ψ's extremes from per-channel extremes, weighted channel sums) against the
+    term-by-term formula, in float32: equal up to rounding."""
+    model, x = small_net(dtype=torch.float32), small_input(3, dtype=torch.float32)
+    e = pyexplain.explain(model, x, "fullgrad")
+    decomposition = fullgrad_decompose(model, x, Targets(e.targets))
+    torch.testing.assert_close(e.map, _reference_map(decomposition, x), rtol=1e-5, atol=1e-5)

@@ -221,6 +221,14 @@ _ACTIVATION_FUNCTIONS: dict[Callable, tuple[str, Callable]] = {
     torch.Tensor.tanh_: ("tanh", _always_inplace(_parse_options())),
 }
 
+
+def activation_functions(kinds: frozenset[str]) -> dict[Callable, tuple[str, Callable]]:
+    """The functions the interception recognizes as activations of ``kinds``, each with its kind and
+    argument parser ``parse(args, kwargs) -> (input, params, inplace)`` (e.g. to take them over in
+    ``op_handlers``)."""
+    return {func: entry for func, entry in _ACTIVATION_FUNCTIONS.items() if entry[0] in kinds}
+
+
 #: Extra operations a method may intercept (e.g. max-pooling to freeze its indices).
 OpHandler = Callable[[Callable, tuple, dict], Tensor]
 

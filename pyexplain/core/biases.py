@@ -15,38 +15,40 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PyExplainError
-from .activations import ActivationCall, intercept_activations, refuse_unsupported
+from .activations import PIECEWISE_LINEAR, activation_functions, intercept_activations, refuse_unsupported
 
 
 @dataclass(frozen=True)
 class BiasSite:
     """One additive offset: ``output`` (in the autograd graph) contains ``+ bias`` (broadcast).
 
-    Conv, linear and batch-norm sites hold the bias in ``value``; a saturation site holds its
-    activation's input ``pre_activation`` (kept by autograd for the backward anyway) and
-    ``(low, high)`` in ``clamp``, and derives the bias when asked."""
+    Conv, linear and batch-norm sites hold the bias in ``value``. A saturation site holds its
+    activation's ``(low, high)`` in ``clamp`` and, in ``reference``, the tensor autograd keeps for
+    the activation's backward: its input ``f``, or its output ``y`` for an in-place call (``y`` is
+    at a bound exactly where ``f`` is beyond it); it derives the bias when asked."""
 
     kind: str  # "conv", "linear", "batchnorm" or "saturation"
     module_name: str
     output: Tensor
     value: Tensor | None = None
-    pre_activation: Tensor | None = None
+    reference: Tensor | None = None
     clamp: tuple[float, float] | None = None
 
     @property
     def bias(self) -> Tensor:
         """The offset, broadcastable to ``output``; for a clamping activation
-        ``c = φ(f) − φ'(f)·f`` (:func:`~pyexplain.core.linearize.activation_offset`)."""
+        ``c = φ(f) − φ'(f)·f`` (:func:`~pyexplain.core.linearize.activation_offset`, also right when
+        computed from ``y``)."""
         if self.clamp is None:
             return self.value
-        f = self.pre_activation
+        f = self.reference
         return torch.clamp(f, *self.clamp) - torch.ops.aten.hardtanh_backward(f, f, *self.clamp)
 
     @property
@@ -68,32 +70,34 @@ def _effective_bn_bias(args, kwargs) -> Tensor | None:
         raise PyExplainError("batch norm must use running statistics (eval mode) for the bias decomposition")
     eps = bound.get("eps", 1e-5)
     weight, bias = bound.get("weight"), bound.get("bias")
-    scale = torch.rsqrt(var + eps) * (weight if weight is not None else 1)
-    effective = -mean * scale + (bias if bias is not None else 0)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    effective = torch.addcmul(bias, mean, scale, value=-1) if bias is not None else -mean * scale
     return effective.detach()
 
 
-def _native_activation(call: ActivationCall, f: Tensor) -> Tensor:
-    """The activation by its own ATen kernel, so that its backward is the native one (one float
-    kernel; ``clamp``'s backward builds boolean masks and runs ``where``, several times slower)."""
-    if call.kind == "relu":
-        return torch.relu(f)
-    if call.kind == "hardtanh":
-        return F.hardtanh(f, call.low, call.high)
-    return F.leaky_relu(f, call.negative_slope)
-
-
 @contextlib.contextmanager
-def capture_biases(model: nn.Module, method: str = "the bias decomposition") -> Iterator[list[BiasSite]]:
-    """Run forward passes of ``model`` recording every :class:`BiasSite`, in execution order.
+def capture_biases(model: nn.Module, method: str = "the bias decomposition",
+                   on_site: Callable[[BiasSite], None] | None = None) -> Iterator[list[BiasSite]]:
+    """Run forward passes of ``model`` recording every :class:`BiasSite`, in execution order, and
+    calling ``on_site`` on each as it is recorded.
+
+    Every activation runs as the model calls it, in place when asked: a site's output may then be
+    overwritten later (a batch norm's output by ``ReLU(inplace=True)``). Take gradients with tensor
+    hooks registered in ``on_site`` — a hook registered before an in-place operation receives the
+    gradient of the value before it::
+
+        grads = {}
+        def keep(site):
+            site.output.register_hook(lambda g, i=len(grads): grads.__setitem__(i, g))
+        with capture_biases(model, on_site=keep) as sites:
+            logits = model(x)
+        torch.autograd.grad(score, x)  # term_k = grads[k] * sites[k].bias (no entry: zero)
 
     The decomposition is exact only for piecewise-linear networks: on leaving the context, a model
     that called another nonlinearity (SiLU, GELU, sigmoid, ...) is refused with a one-line
-    ``"METHOD needs a piecewise-linear network ...; found KIND at MODULE"``::
-
-        with capture_biases(model) as sites:
-            logits = model(x)
-        grads = torch.autograd.grad(score, [s.output for s in sites])  # term_k = grads[k] * sites[k].bias
+    ``"METHOD needs a piecewise-linear network ...; found KIND at MODULE"``.
     """
     sites: list[BiasSite] = []
     holder: dict = {}
@@ -101,12 +105,22 @@ def capture_biases(model: nn.Module, method: str = "the bias decomposition") -> 
     def module() -> str:
         return holder["tracker"].current_module()
 
-    def rule(call: ActivationCall, f: Tensor) -> Tensor:
-        out = _native_activation(call, f)
-        if call.kind == "hardtanh":
-            sites.append(BiasSite("saturation", call.module_name, out, pre_activation=f.detach(),
-                                  clamp=(call.low, call.high)))
-        return out
+    def record(site: BiasSite) -> None:
+        sites.append(site)
+        if on_site is not None:
+            on_site(site)
+
+    def clamping(parse: Callable):
+        def handler(func, args, kwargs):
+            f, params, inplace = parse(args, kwargs)
+            out = func(*args, **kwargs)
+            reference = (out if inplace else f).detach()
+            record(BiasSite("saturation", module(), out, reference=reference, clamp=(params["low"], params["high"])))
+            return out
+        return handler
+
+    def unchanged(func, args, kwargs):
+        return func(*args, **kwargs)
 
     def affine(kind: str, bias_index: int):
         def handler(func, args, kwargs):
@@ -114,18 +128,20 @@ def capture_biases(model: nn.Module, method: str = "the bias decomposition") -> 
             bias = args[bias_index] if len(args) > bias_index else kwargs.get("bias")
             if bias is not None:
                 shaped = bias.detach() if kind == "linear" else _channel_bias(bias.detach(), out)
-                sites.append(BiasSite(kind, module(), out, shaped))
+                record(BiasSite(kind, module(), out, shaped))
             return out
         return handler
 
     def batch_norm(func, args, kwargs):
         out = func(*args, **kwargs)
-        sites.append(BiasSite("batchnorm", module(), out, _channel_bias(_effective_bn_bias(args, kwargs), out)))
+        record(BiasSite("batchnorm", module(), out, _channel_bias(_effective_bn_bias(args, kwargs), out)))
         return out
 
-    handlers = {F.conv1d: affine("conv", 2), F.conv2d: affine("conv", 2), F.conv3d: affine("conv", 2),
-                F.linear: affine("linear", 2), F.batch_norm: batch_norm}
-    with intercept_activations(model, rule, handlers) as tracker:
+    handlers = {func: clamping(parse) if kind == "hardtanh" else unchanged
+                for func, (kind, parse) in activation_functions(PIECEWISE_LINEAR).items()}
+    handlers.update({F.conv1d: affine("conv", 2), F.conv2d: affine("conv", 2), F.conv3d: affine("conv", 2),
+                     F.linear: affine("linear", 2), F.batch_norm: batch_norm})
+    with intercept_activations(model, op_handlers=handlers, kinds=frozenset()) as tracker:
         holder["tracker"] = tracker
         yield sites
     refuse_unsupported(tracker, method, "needs a piecewise-linear network (ReLU family, max/avg pooling, "

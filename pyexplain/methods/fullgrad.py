@@ -15,15 +15,21 @@ channels, bias terms upsampled bilinearly (``align_corners=True``) to the input 
 (linear-layer) terms enter the decomposition but not the map. The attribution spreads ``S`` (≥ 0)
 evenly over the input channels, so its channel sum is ``S``.
 
+:func:`fullgrad` does not build the terms: a hook reduces each site's gradient while the backward
+pass produces it (``|∇_bF ⊙ b| = |b_c|·|∇_bF|`` for a per-channel bias), keeping per term only the
+per-channel extremes and the weighted channel sum; ψ's scaling and the upsampling follow, batched.
+
 A model with a nonlinearity that is not piecewise linear (SiLU, GELU, Hardswish, sigmoid/tanh gates,
 ...) is refused: its bias-gradients no longer complete the logit.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -61,14 +67,15 @@ class FullGradDecomposition:
 
 
 @contextlib.contextmanager
-def _bias_sites(model: nn.Module, x: Tensor, targets: Targets) -> Iterator[tuple[Tensor, list[BiasSite], Tensor]]:
-    """One recording forward pass, in grad mode for the context's body: the input leaf, every bias
-    site and the summed target logits."""
+def _bias_sites(model: nn.Module, x: Tensor, targets: Targets,
+                on_site: Callable[[BiasSite], None]) -> Iterator[tuple[Tensor, list[BiasSite], Tensor]]:
+    """One recording forward pass (:func:`~pyexplain.core.biases.capture_biases`), in grad mode for the
+    context's body: the input leaf, every bias site and the summed target logits."""
     if targets.score != "logit":
         raise PyExplainError("fullgrad decomposes the logit; use score='logit'")
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        with capture_biases(model, "fullgrad") as sites:
+        with capture_biases(model, "fullgrad", on_site) as sites:
             logits = model(x)
         targets.resolve(logits)
         yield x, sites, targets.scores(logits).sum()
@@ -77,12 +84,19 @@ def _bias_sites(model: nn.Module, x: Tensor, targets: Targets) -> Iterator[tuple
 def fullgrad_decompose(model: nn.Module, x: Tensor, targets: Targets) -> FullGradDecomposition:
     """One forward and one backward: the input-gradient term and every bias-gradient term of the
     target logit."""
-    with _bias_sites(model, x, targets) as (x, sites, score):
-        grads = torch.autograd.grad(score, [x] + [s.output for s in sites], allow_unused=True)
-    terms = [BiasTerm(site.kind, site.module_name,
-                      (torch.zeros_like(site.output) if grad is None else grad).detach() * site.bias)
-             for site, grad in zip(sites, grads[1:])]
-    return FullGradDecomposition(grads[0] * x.detach(), terms)
+    grads: dict[int, Tensor] = {}
+    count = itertools.count()
+
+    def keep(site: BiasSite) -> None:
+        index = next(count)
+        if site.output.requires_grad:
+            site.output.register_hook(lambda grad: grads.__setitem__(index, grad))
+
+    with _bias_sites(model, x, targets, keep) as (leaf, sites, score):
+        (input_grad,) = torch.autograd.grad(score, leaf)
+    terms = [BiasTerm(site.kind, site.module_name, grads[i] * site.bias if i in grads else torch.zeros_like(site.output))
+             for i, site in enumerate(sites)]
+    return FullGradDecomposition(input_grad * x.detach(), terms)
 
 
 @dataclass
@@ -134,6 +148,7 @@ class _Magnitudes:
         return saliency
 
 
+@functools.lru_cache(maxsize=None)
 def _below(value: float, dtype: torch.dtype) -> float:
     """The largest number of ``dtype`` below ``value``: ``f > _below(high)`` iff ``f ≥ high``."""
     high = torch.tensor(value, dtype=dtype)
@@ -145,9 +160,9 @@ def _bias_magnitude(site: BiasSite, grad: Tensor) -> tuple[Tensor, Tensor | None
     building ``b``: a conv/BN bias gives ``(|∇_bF|, |b_c|)``; ReLU6-like saturation (``low = 0 < high``,
     ``c = high·1[f ≥ high]``) gives ``(|∇_bF ⊙ 1[f ≥ high]|, high)`` (one ``threshold_backward``)."""
     if site.per_channel:
-        return grad.abs(), site.value.detach().flatten().abs()
+        return grad.abs(), site.value.flatten().abs()
     if site.clamp is not None and site.clamp[0] == 0 < site.clamp[1]:
-        f, high = site.pre_activation, site.clamp[1]
+        f, high = site.reference, site.clamp[1]  # f ≥ high iff the reference is above _below(high)
         saturated = torch.ops.aten.threshold_backward(grad, f, _below(high, f.dtype)).abs_()
         return saturated, grad.new_full((grad.shape[1],), high)
     return (grad * site.bias).abs_(), None
@@ -158,10 +173,12 @@ def _saliency(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
     site's term is reduced (:class:`_Magnitudes`) by a hook while the backward pass produces its
     gradient, so no term and no site gradient is kept."""
     magnitudes = _Magnitudes()
-    with _bias_sites(model, x, targets) as (leaf, sites, score):
-        for site in sites:
-            if site.output.ndim == 4 and site.output.requires_grad:  # spatial terms only enter the map
-                site.output.register_hook(lambda grad, site=site: magnitudes.add(*_bias_magnitude(site, grad)))
+
+    def reduce_term(site: BiasSite) -> None:
+        if site.output.ndim == 4 and site.output.requires_grad:  # spatial terms only enter the map
+            site.output.register_hook(lambda grad: magnitudes.add(*_bias_magnitude(site, grad)))
+
+    with _bias_sites(model, x, targets, reduce_term) as (leaf, _, score):
         (input_grad,) = torch.autograd.grad(score, leaf)
     magnitudes.add(torch.mul(input_grad, x).abs_())
     return magnitudes.saliency(tuple(x.shape[-2:]))
