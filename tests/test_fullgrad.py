@@ -180,3 +180,26 @@ def test_map_in_float32_matches_the_reference_aggregation():
     e = pyexplain.explain(model, x, "fullgrad")
     decomposition = fullgrad_decompose(model, x, Targets(e.targets))
     torch.testing.assert_close(e.map, _reference_map(decomposition, x), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_bias_follows_changed_statistics():
+    """The effective BN bias is remembered between calls but recomputed when a statistic or parameter
+    changes in place or is replaced: the BN terms keep matching ∂F/∂β ⊙ (β − μγ/√(var+ε))."""
+    model, x = small_net(), small_input(1)
+
+    def check() -> None:
+        targets = Targets(None)
+        term = [t for t in fullgrad_decompose(model, x, targets).bias_terms if t.module_name == "bn1"][0].value
+        bn = model.bn1
+        (grad,) = torch.autograd.grad(model(x)[0, int(targets.indices[0])], bn.bias)
+        expected = grad * (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+        torch.testing.assert_close(term[0].reshape(term.shape[1], -1).sum(1), expected, rtol=1e-10, atol=1e-12)
+
+    check()
+    with torch.no_grad():
+        model.bn1.running_mean.add_(0.5)  # in place: a new version
+    check()
+    model.bn1.running_var.data = model.bn1.running_var.data * 2  # new storage, same tensor
+    check()
+    model.bn1.weight = nn.Parameter(model.bn1.weight.detach() * -1)  # a new tensor
+    check()

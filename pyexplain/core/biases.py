@@ -14,6 +14,7 @@ Like :func:`~pyexplain.core.activations.intercept_activations`, it never modifie
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -62,7 +63,14 @@ def _channel_bias(bias: Tensor, output: Tensor) -> Tensor:
     return bias.reshape(1, -1, *([1] * (output.ndim - 2)))
 
 
-def _effective_bn_bias(args, kwargs) -> Tensor | None:
+#: Effective batch-norm biases by ``id`` of the running variance (dropped when it is freed):
+#: ``(state, (var, mean, weight, bias) with var held weakly, bias)``.
+_BN_BIASES: dict[int, tuple] = {}
+
+
+def _effective_bn_bias(args, kwargs) -> Tensor:
+    """``β − μ·γ/√(var+ε)`` of an eval-mode ``F.batch_norm`` call, remembered while its tensors keep
+    their identity, version counter and storage (a model explained again reuses it)."""
     names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
     bound = {**dict(zip(names, args)), **kwargs}
     mean, var = bound.get("running_mean"), bound.get("running_var")
@@ -70,11 +78,20 @@ def _effective_bn_bias(args, kwargs) -> Tensor | None:
         raise PyExplainError("batch norm must use running statistics (eval mode) for the bias decomposition")
     eps = bound.get("eps", 1e-5)
     weight, bias = bound.get("weight"), bound.get("bias")
+    others = (mean, weight, bias)
+    state = (eps, *((None if t is None else (t._version, t.data_ptr())) for t in (var, *others)))
+    cached = _BN_BIASES.get(id(var))
+    if (cached is not None and cached[0] == state and cached[1][0]() is var
+            and all(a is b for a, b in zip(cached[1][1:], others))):
+        return cached[2]
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
-    effective = torch.addcmul(bias, mean, scale, value=-1) if bias is not None else -mean * scale
-    return effective.detach()
+    effective = (torch.addcmul(bias, mean, scale, value=-1) if bias is not None else -mean * scale).detach()
+    if id(var) not in _BN_BIASES:
+        weakref.finalize(var, _BN_BIASES.pop, id(var), None)
+    _BN_BIASES[id(var)] = (state, (weakref.ref(var), *others), effective)
+    return effective
 
 
 @contextlib.contextmanager
@@ -90,10 +107,10 @@ def capture_biases(model: nn.Module, method: str = "the bias decomposition",
 
         grads = {}
         def keep(site):
-            site.output.register_hook(lambda g, i=len(grads): grads.__setitem__(i, g))
+            site.output.register_hook(lambda g: grads.__setitem__(id(site), g))
         with capture_biases(model, on_site=keep) as sites:
             logits = model(x)
-        torch.autograd.grad(score, x)  # term_k = grads[k] * sites[k].bias (no entry: zero)
+        torch.autograd.grad(score, x)  # term of site s: grads[id(s)] * s.bias (no entry: zero)
 
     The decomposition is exact only for piecewise-linear networks: on leaving the context, a model
     that called another nonlinearity (SiLU, GELU, sigmoid, ...) is refused with a one-line
