@@ -62,11 +62,12 @@ class _RectifiedBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out: Tensor):
-        g = g_out.clamp(min=0) if ctx.switch is None or ctx.switch.rectify else g_out
-        if ctx.gated:
-            (y,) = ctx.saved_tensors
-            g = _gate_from_output(ctx.call, g, y)
-        return g, None, None, None
+        rectify = ctx.switch is None or ctx.switch.rectify
+        if not ctx.gated:
+            return (g_out.clamp(min=0) if rectify else g_out), None, None, None
+        (y,) = ctx.saved_tensors
+        g = _gate_from_output(ctx.call, g_out, y)  # a new tensor: max(g, 0) ⊙ φ' = max(g ⊙ φ', 0), φ' ≥ 0
+        return (g.clamp_(min=0) if rectify else g), None, None, None
 
 
 def _output_gates(call: ActivationCall) -> bool:
