@@ -1,13 +1,14 @@
 """Amortized LPR on the synthetic shapes: channel rules fitted on training images, judged on test images.
 
 ``fit_rules`` (SPEC §3 end) learns one channel rule per activation call over the first ``--fit``
-images of the model's training split (top-1 class); the frozen rules then explain those images and
-``--n`` held-out test images (the report's: ``make_synthetic(n, TEST_SEED_OFFSET)``, true class).
-Printed per image set: MoRF AUC (SPEC §6, 20 steps up to 5%, lower is better), insertion AUC
+images of the model's training split (top-1 class), with its defaults (masked rule, no reference,
+``W`` from 20) and with the paper's rule (reference, ungated, ``W`` from 1); the frozen rules then
+explain those images and ``--n`` held-out test images (the report's: ``make_synthetic(n,
+TEST_SEED_OFFSET)``, true class). Printed per image set: MoRF AUC (SPEC §6, 20 steps up to 5%, lower is better), insertion AUC
 (8 px per step, higher is better) and seconds per image (one thread), against Grad×Input, IG and
 SmoothGrad².
 
-    PYTHONPATH=. python benchmarks/lpr_amortized.py --fit 32 --n 16 --iterations 30
+    PYTHONPATH=. python benchmarks/lpr_amortized.py --fit 32 --n 16 --iterations 30   # the defaults
 """
 from __future__ import annotations
 
@@ -33,23 +34,24 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--models", default="synthetic_vgg,synthetic_resnet")
-    parser.add_argument("--keep-activation-mask", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
     train = make_synthetic(args.fit, TRAIN_SEED_OFFSET)
     test = make_synthetic(args.n, TEST_SEED_OFFSET)
     print(f"torch {torch.__version__}, 1 thread; rules fitted over {args.fit} training images, "
-          f"{args.iterations} iterations, keep_activation_mask={bool(args.keep_activation_mask)}\n")
+          f"{args.iterations} iterations\n")
     for name in args.models.split(","):
         model, _ = pyexplain.load_model(name)
         start = time.thread_time()
-        rules = fit_rules(model, train.x, model_name=name, iterations=args.iterations,
-                          keep_activation_mask=bool(args.keep_activation_mask), batch_size=args.fit)
+        rules = fit_rules(model, train.x, model_name=name, iterations=args.iterations, batch_size=args.fit)
         fit_seconds = time.thread_time() - start
+        paper = fit_rules(model, train.x, model_name=name, iterations=args.iterations, batch_size=args.fit,
+                          reference=True, keep_activation_mask=False, init=1.0)
         print(f"\n{name} (fit: {fit_seconds:.0f} s)\n\n| images | map | MoRF AUC ↓ | insertion AUC ↑ | s / image |\n"
               "|---|---|---|---|---|")
         for label, data, targets in (("fit", train, None), ("held out", test, test.y)):
-            rows = [("amortized LPR rules", "lpr", dict(rules=rules)),
+            rows = [("amortized LPR rules (defaults)", "lpr", dict(rules=rules)),
+                    ("amortized LPR rules (paper's rule: reference, ungated, W from 1)", "lpr", dict(rules=paper)),
                     ("per-image LPR (default)", "lpr", {})] + BASELINES
             for row, method, options in rows:
                 if label == "fit" and method != "lpr":

@@ -21,13 +21,15 @@ from pyexplain.data.synthetic_models import TEST_SEED_OFFSET
 from pyexplain.metrics.localization import pointing_game, relevance_mass
 from pyexplain.metrics.pixel_flipping import morf
 
-#: ``(label, method, options)``: the baselines, then LPR at the old and new defaults and variants.
+#: ``(label, method, options)``: the baselines, then LPR with the paper's settings, the masked rule at the
+#: paper's lr, the current defaults (masked rule, lr 0.007) and variants.
 MAPS: list[tuple[str, str, dict[str, Any]]] = [
     ("Grad×Input", "gradxinput", {}),
     ("IG (16 steps)", "integrated_gradients", dict(steps=16)),
     ("SmoothGrad² (16 samples)", "smoothgrad_sq", dict(samples=16)),
-    ("LPR, old default (ungated rule)", "lpr", dict(keep_activation_mask=False)),
-    ("LPR, new default (masked rule)", "lpr", {}),
+    ("LPR, paper (ungated rule, lr 0.2)", "lpr", dict(keep_activation_mask=False, lr=0.2)),
+    ("LPR, masked rule, lr 0.2", "lpr", dict(lr=0.2)),
+    ("LPR, default (masked rule, lr 0.007)", "lpr", {}),
     ("LPR, masked rule, lr 0.05", "lpr", dict(lr=0.05)),
     ("LPR, masked rule, smooth mask σ=1", "lpr", dict(mask="smooth", smooth_sigma=1.0)),
 ]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyexplain
+from pyexplain.io import builtin_image
 from pyexplain.core.targets import Targets, target_scores
 from pyexplain.errors import PyExplainError
 from pyexplain.methods._lpr import (LossConfig, RuleGraph, _Conv2dInputGrad, initial_weights, reference_activations,
@@ -90,8 +91,8 @@ def test_conv2d_input_grad_matches_conv2d_to_second_order(stride, padding, dilat
 
 def test_optimized_path_equals_the_naive_paper_implementation(tiny64, images64):
     x = images64[:1]
-    # the paper's rule (no activation mask) and [0, 1] scaling
-    e = pyexplain.explain(tiny64, x, "lpr", iterations=4, normalize="minmax", keep_activation_mask=False)
+    # the paper's rule (no activation mask), learning rate and [0, 1] scaling
+    e = pyexplain.explain(tiny64, x, "lpr", iterations=4, lr=0.2, normalize="minmax", keep_activation_mask=False)
     attribution, history = lpr_naive(tiny64, x, int(e.targets[0]), iterations=4)
     assert e.extras["loss_history"].shape == (1, 4)
     torch.testing.assert_close(e.extras["loss_history"][0], torch.tensor(history, dtype=torch.float64), rtol=1e-9, atol=1e-9)
@@ -146,7 +147,21 @@ def test_loss_falls_on_a_real_photo(lite0, chelsea):
     e = pyexplain.explain(lite0[0], chelsea, "lpr", iterations=3)
     history = e.extras["loss_history"][0]
     assert int(e.targets[0]) == 285 and history.shape == (3,)
-    assert history[-1] < history[0] - 1.0
+    assert history[-1] < history[0] - 0.5  # measured: a fall of 0.94
+
+
+def test_default_map_does_not_depend_on_float_rounding(lite0, chelsea):
+    """The learned map in float32 against float64 (other rounding everywhere): Spearman ≥ 0.95 at the
+    defaults. Measured at 64×64 on chelsea / rocket: 0.995 / 0.980 at the default lr 0.007, 0.92 / 0.63
+    at the paper's 0.2 (the optimization then amplifies rounding; benchmarks/RESULTS.md, LPR)."""
+    from scipy.stats import spearmanr
+
+    model, preprocess = lite0
+    x = F.interpolate(torch.cat([chelsea, preprocess(builtin_image("rocket"))]), size=(64, 64), mode="area")
+    single = pyexplain.explain(model, x, "lpr").attribution.sum(1).double()
+    double = pyexplain.explain(copy.deepcopy(model).double(), x.double(), "lpr").attribution.sum(1)
+    for a, b in zip(single, double):
+        assert spearmanr(a.flatten().numpy(), b.flatten().numpy())[0] >= 0.95
 
 
 def test_default_rule_keeps_attributions_at_the_gradient_scale(lite0, chelsea):
@@ -173,11 +188,12 @@ def test_digits_lpr_optimization_lowers_morf_auc(digits):
     """On the digits CNN the optimized rules give a lower MoRF AUC (5% budget, SPEC §6) than the initial
     rule, and a lower AUC than Grad×Input at a 20% budget (at 5% Grad×Input is lower here: see
     benchmarks/RESULTS.md). The paper's ungated rule: with the masked rule (the default) the initial
-    rule is already about as good at 5% on these digits (benchmarks/RESULTS.md, LPR stability)."""
+    rule is already about as good at 5% on these digits (benchmarks/RESULTS.md, LPR stability); hence
+    the paper's rule and learning rate here."""
     from pyexplain.metrics.pixel_flipping import morf
 
     model, x = digits
-    learned = pyexplain.explain(model, x, "lpr", keep_activation_mask=False).attribution
+    learned = pyexplain.explain(model, x, "lpr", keep_activation_mask=False, lr=0.2).attribution
     initial = pyexplain.explain(model, x, "lpr", iterations=1, keep_activation_mask=False).attribution
     gradxinput = pyexplain.explain(model, x, "gradxinput").attribution
     assert morf(model, x, learned).auc.mean() < morf(model, x, initial).auc.mean()
@@ -298,7 +314,7 @@ def test_fitted_rules_lower_the_loss_and_round_trip(tmp_path, images64):
 
 def test_fixed_rule_equals_the_naive_first_iteration(tiny64, images64):
     x = images64[:1]
-    rules = fit_rules(tiny64, x, iterations=1)
+    rules = fit_rules(tiny64, x, iterations=1, reference=True, keep_activation_mask=False)  # the paper's rule
     rules["weights"] = [torch.full_like(w, 0.7) for w in rules["weights"]]
     fixed = pyexplain.explain(tiny64, x, "lpr", rules=rules)
     naive, _ = lpr_naive(tiny64, x, int(fixed.targets[0]), iterations=1, init=0.7)
@@ -343,3 +359,20 @@ def test_cli_fit_rules_then_explain_with_rules(tmp_path, capsys):
         code, _, err = run_cli(["explain", "builtin:astronaut", "--out", tmp_path / "bad", "--input-size", "16", *args], capsys)
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_amortized_rules_beat_gradxinput_on_held_out_synthetic_images():
+    """Channel rules fitted on 32 training images of synthetic_resnet explain 16 test images with a lower
+    MoRF AUC than Grad×Input (measured 0.069 vs 0.098; benchmarks/RESULTS.md, amortized LPR)."""
+    from pyexplain.data.synthetic import make_synthetic
+    from pyexplain.data.synthetic_models import TEST_SEED_OFFSET, TRAIN_SEED_OFFSET
+    from pyexplain.metrics.pixel_flipping import morf
+
+    model, _ = pyexplain.load_model("synthetic_resnet")
+    train, test = make_synthetic(32, TRAIN_SEED_OFFSET), make_synthetic(16, TEST_SEED_OFFSET)
+    rules = fit_rules(model, train.x, iterations=30, batch_size=32)
+    assert rules["loss_history"][-1] < rules["loss_history"][0]
+    targets = test.y.tolist()
+    amortized = pyexplain.explain(model, test.x, "lpr", targets, rules=rules).attribution
+    gradxinput = pyexplain.explain(model, test.x, "gradxinput", targets).attribution
+    assert morf(model, test.x, amortized, test.y).auc.mean() < 0.9 * morf(model, test.x, gradxinput, test.y).auc.mean()

@@ -96,7 +96,7 @@ def optimize_rules(model: nn.Module, graph: RuleGraph, weights: list[Tensor], ta
 )
 def lpr(
     model: nn.Module, x: Tensor, targets: Targets, *,
-    iterations: int = 50, lr: float = 0.2, gamma: float = 10.0, alpha: float = 0.75, beta: float = 0.25,
+    iterations: int = 50, lr: float = 0.007, gamma: float = 10.0, alpha: float = 0.75, beta: float = 0.25,
     lam: float = 0.1, arch: str = "position", variant: str = "feature", reference: bool = True,
     mask: str = "sigmoid", smooth_sigma: float = 4.0, normalize: str = "symmetric", keep_activation_mask: bool = True,
     head: bool = False, init: float = 1.0, init_std: float = 0.0, seed: int = 0, patience: int = 0,
@@ -108,6 +108,12 @@ def lpr(
     multiplies by ``φ'(f)``), ``A = ∂_rule F_t/∂I ⊙ I``,
     masks ``Mp = 1 − σ(γ(â − α))``, ``Mn = σ(γ(â − β))`` of the normalized map ``â``, loss
     ``F_t(I⊙Mp) − F_t(I) + F_t(I) − F_t(I⊙Mn) + λ(mean|1−Mp| + mean|1−Mn|)`` minimized by Adam.
+
+    ``lr`` defaults to 0.007, not the paper's 0.2: the loss gradient runs through the masked images'
+    ReLU gates, so it jumps when float rounding moves the map, and at 0.2 fifty Adam steps amplify
+    that into a different map per thread count or precision (Spearman 0.65–0.77 between 1 and 2
+    threads on EfficientNet-Lite0 photos; ≥ 0.97 at 0.007, with the lowest MoRF kept). Measured in
+    ``benchmarks/RESULTS.md`` (LPR).
 
     ``normalize``: the map's per-image ``[0, 1]`` scaling before the masks, ``"symmetric"``
     (``(a/max|a| + 1)/2``, zero stays at 0.5) or ``"minmax"``; ``mask="smooth"`` Gaussian-smooths it
