@@ -362,9 +362,9 @@ class Report:
 
 #: The LPR section's studies: each script's command line (run from the repository root) and its arguments.
 LPR_STUDIES = (
-    ("lpr_stability.py", ["--settings", "old,new,dmbp"]),
+    ("lpr_stability.py", ["--settings", "paper,masked_lr0.2,default,dmbp"]),
     ("lpr_localization.py", ["--n", "16"]),
-    ("lpr_amortized.py", ["--fit", "16", "--n", "16", "--iterations", "20"]),
+    ("lpr_amortized.py", ["--fit", "32", "--n", "16", "--iterations", "30"]),
 )
 
 
@@ -374,9 +374,9 @@ def lpr_section(report: Report) -> str:
 
     here = Path(__file__).resolve().parent
     parts = ["## LPR: stability, localization, generalization\n\n"
-             "Per-image LPR at the old default (the paper's ungated rule) and the new one (`keep_activation_mask=True`), "
-             "DMBP's defaults, and amortized channel rules on fit and held-out images, against Grad×Input, IG and "
-             "SmoothGrad². Why the default changed: `benchmarks/RESULTS.md` (LPR).\n"]
+             "Per-image LPR with the paper's settings (ungated rule, lr 0.2), the masked rule at lr 0.2, and the "
+             "defaults (masked rule, lr 0.007); DMBP's defaults; amortized channel rules on fit and held-out images; "
+             "against Grad×Input, IG and SmoothGrad². Why the defaults changed: `benchmarks/RESULTS.md` (LPR).\n"]
     for script, arguments in LPR_STUDIES:
         output = subprocess.run([sys.executable, str(here / script), *arguments], check=True, capture_output=True,
                                 text=True, cwd=here.parent).stdout

@@ -153,3 +153,25 @@ def test_own_branch_criterion_catches_a_wrong_export(how, tmp_path):
     assert (failures == []) == (how == "correct"), failures
     if how != "correct":
         assert all(f.startswith("attribution differs") for f in failures), failures
+
+
+@pytest.mark.slow
+def test_fitted_rules_file_exports_to_every_format(tmp_path):
+    """A rules file written by amortized LPR with its defaults (masked rule, no reference) exports in
+    each format and gives LPR's own fixed-rule attribution, by the criterion of the test above."""
+    from pyexplain.export import compile_explainer
+    from pyexplain.methods._lpr_rules import fit_rules, save_rules
+
+    net, x = model("resnet18"), images("resnet18")
+    path = save_rules(fit_rules(net, x[:2], model_name="resnet18", iterations=3), tmp_path / "rules.pt")
+    targets = torch.tensor([0, 3, 1, 5])
+    expected = pyexplain.explain(net, x, "lpr", targets.tolist(), rules=str(path)).attribution
+    explainer = compile_explainer(net, "lpr", x, rules=str(path))
+    with torch.no_grad():
+        assert bool((relative_error(explainer(x, targets)[1], expected) <= TOLERANCE).all())
+    session = onnx_session(write_with_branches(explainer, tmp_path / "explainer.onnx"))
+    assert own_branch_failures(explainer, x, targets, run_session(session, x, targets)) == []
+    for fmt in ("pt2", "torchscript"):
+        out_logits, attribution = load_explainer(write_explainer(explainer, fmt, tmp_path / f"explainer{SUFFIX[fmt]}"))(x, targets)
+        assert torch.allclose(out_logits, logits("resnet18"), rtol=1e-4, atol=1e-4)
+        assert bool((relative_error(attribution, expected) <= TOLERANCE).all()), fmt
