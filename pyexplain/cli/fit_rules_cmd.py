@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -35,6 +35,13 @@ def fit_rules_command(
     lr: Annotated[float, typer.Option("--lr", metavar="FLOAT", help="Adam learning rate.")] = 0.2,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", metavar="INT", help="Images per chunk (more images: chunks are recomputed each step).")] = 8,
+    val: Annotated[list[str], typer.Option(
+        "--val", metavar="IMAGE", help="Held-out image (or folder, list file), repeatable: its MoRF AUC with the "
+        "current rules is shown every --val-every steps and stored in the file.")] = [],
+    val_every: Annotated[int, typer.Option("--val-every", metavar="INT", help="Steps between validations.")] = 10,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="PATH", help="Rules file of an earlier fit to continue for --iterations more steps "
+        "(its rule settings and optimizer state are taken up).")] = None,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     weights: WeightsOption = None,
@@ -55,7 +62,7 @@ def fit_rules_command(
     from ..io import open_image
     from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_choice
     from ..method_options import check_options
-    from ..methods._lpr_rules import fit_rules, rule_summary, save_rules
+    from ..methods._lpr_rules import fit_rules, load_rules, rule_summary, save_rules
     from ..registry import get_method
 
     options = parse_options(option, ["lpr"], check=False).get("lpr", {})
@@ -65,6 +72,10 @@ def fit_rules_command(
     options = check_options(get_method("lpr"), options)  # the same types and ranges as lpr's own options
     check_positive(iterations, "--iterations")
     check_positive(batch_size, "--batch-size")
+    check_positive(val_every, "--val-every")
+    if resume is not None and set(options) & set(_RULE_KEYS):
+        raise PyExplainError(f"--resume takes the rule settings from {str(resume)!r}; drop "
+                             f"-O {sorted(set(options) & set(_RULE_KEYS))[0]}")
     if not lr > 0:
         raise PyExplainError(f"--lr must be positive, got {lr}")
     for name, choices in (("mask", MASKS), ("normalize", NORMALIZATIONS), ("variant", VARIANTS)):
@@ -72,13 +83,17 @@ def fit_rules_command(
             check_choice(name, options[name], choices)
     if out.is_dir() or not out.suffix:
         out = out / RULES_FILE
+    earlier = load_rules(resume) if resume is not None else None
     torch.manual_seed(seed)
     spec = model_spec(model, weights, random_weights, input_size, mean, std, labels)
     net, preprocess = spec.load(resolve_device(device))
     pictures = [open_image(source) for source in expand_images(images)]
     x = torch.cat([preprocess(p) for p in pictures]).to(model_device(net))
+    held_out = (torch.cat([preprocess(open_image(source)) for source in expand_images(val)]).to(x.device)
+                if val else None)
     config = LossConfig(**{k: options[k] for k in _LOSS_KEYS if k in options})
     rules = fit_rules(net, x, model_name=model, iterations=iterations, lr=lr, config=config, batch_size=batch_size,
-                      progress=True, **{k: options[k] for k in _RULE_KEYS if k in options})
+                      progress=True, resume=earlier, validation=held_out, validate_every=val_every,
+                      **{k: options[k] for k in _RULE_KEYS if k in options})
     save_rules(rules, out)
     print(f"{out}: {rule_summary(rules)}", file=sys.stderr)

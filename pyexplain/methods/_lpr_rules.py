@@ -35,7 +35,8 @@ def _channel_view(weight: Tensor, site: RuleSite) -> Tensor:
 def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterations: int = 50, lr: float = 0.2,
               config: LossConfig = LossConfig(), variant: str = "feature", reference: bool = False,
               keep_activation_mask: bool = True, head: bool = False, init: float = 20.0, batch_size: int = 8,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, resume: dict[str, Any] | None = None, validation: Tensor | None = None,
+              validate_every: int = 10) -> dict[str, Any]:
     """Learn one channel rule per activation call shared by all ``images`` (each explained for its
     top-1 class): Adam on the mean per-image LPR loss. With more than ``batch_size`` images the clean
     forward passes are recomputed per chunk and iteration (bounded memory); otherwise kept.
@@ -43,7 +44,17 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
     Defaults (measured in ``benchmarks/RESULTS.md``, amortized LPR): the masked rule without reference,
     ``φ'(f)·tanh(W_c·f)``, starting at ``W = 20``, where it is the plain gradient but for the weakest
     activations; the fit then learns which channels to damp or flip. On held-out synthetic images this
-    beats Grad×Input's MoRF and insertion; the paper's setting (reference, ungated, ``W = 1``) does not."""
+    beats Grad×Input's MoRF and insertion; the paper's setting (reference, ungated, ``W = 1``) does not.
+
+    ``resume``: a rules dict written by an earlier fit; its weights, Adam state and rule settings are
+    taken up (the settings passed here are ignored) and ``iterations`` more steps run, so a fit of
+    ``a + b`` steps equals one of ``a`` resumed for ``b``. ``validation``: held-out images whose MoRF
+    AUC (SPEC §6, top-1 class) with the current rules is measured every ``validate_every`` steps and
+    after the last (``val_morf``: ``[[step, auc], ...]``, shown on the progress bar)."""
+    if resume is not None:
+        resume = check_rules(resume, "the rules to resume")
+        variant, reference = resume["variant"], bool(resume["reference"])
+        keep_activation_mask, head = bool(resume["keep_activation_mask"]), bool(resume["head"])
     images = images.detach()
     chunks = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
     with eval_mode(model):
@@ -57,14 +68,31 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
 
         kept = build(chunks[0])
         calls = [site.call for site in kept[0].sites]
+        if resume is not None:
+            _check_match(resume, kept[0].sites)
         if len(chunks) > 1:
             kept = None  # rebuilt chunk by chunk
         weights = [torch.full((call.shape[1],), float(init), dtype=images.dtype, device=images.device,
                               requires_grad=True) for call in calls]
         optimizer = torch.optim.Adam(weights, lr=lr)
         history: list[float] = []
-        bar = tqdm(range(iterations), desc="fit-rules", unit="it", disable=not progress, file=sys.stderr, leave=False)
-        for _ in bar:
+        val_morf: list[list[float]] = []
+        done = 0
+        if resume is not None:
+            done, history, val_morf = _take_up(resume, weights, optimizer)
+
+        def validate(step: int) -> None:
+            from ..metrics.pixel_flipping import morf
+
+            stored = [w.detach().clone() for w in weights]
+            rules = {"variant": variant, "reference": reference, "keep_activation_mask": keep_activation_mask,
+                     "head": head, "weights": stored, "calls": [{"kind": c.kind} for c in calls]}
+            a = fixed_rule_attribution(model, validation, Targets(None), rules, checked=True)
+            val_morf.append([float(step), float(morf(model, validation, a).auc.mean())])
+
+        bar = tqdm(range(done, done + iterations), desc="fit-rules", unit="it", disable=not progress,
+                   file=sys.stderr, leave=False)
+        for step in bar:
             total = 0.0
             grads = [torch.zeros_like(w) for w in weights]
             for chunk in chunks:
@@ -84,13 +112,18 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
                 w.grad = g
             optimizer.step()
             history.append(total)
-            bar.set_postfix(loss=f"{total:.4g}")
+            if validation is not None and ((step + 1) % validate_every == 0 or step + 1 == done + iterations):
+                validate(step + 1)
+            bar.set_postfix(loss=f"{total:.4g}", **({"val_morf": f"{val_morf[-1][1]:.3f}"} if val_morf else {}))
         bar.close()
+    state = optimizer.state_dict()["state"]
     return {
         "format": FORMAT, "version": VERSION, "model": model_name,
-        "input_shape": list(images.shape[1:]), "images": int(images.shape[0]), "iterations": int(iterations),
+        "input_shape": list(images.shape[1:]), "images": int(images.shape[0]), "iterations": done + int(iterations),
         "variant": variant, "reference": bool(reference), "keep_activation_mask": bool(keep_activation_mask),
-        "head": bool(head), "loss_history": torch.tensor(history),
+        "head": bool(head), "loss_history": torch.tensor(history), "val_morf": torch.tensor(val_morf).reshape(-1, 2),
+        "adam": {"step": done + iterations, "exp_avg": [state[i]["exp_avg"].cpu().clone() for i in range(len(weights))],
+                 "exp_avg_sq": [state[i]["exp_avg_sq"].cpu().clone() for i in range(len(weights))]},
         "calls": [{"index": c.index, "kind": c.kind, "module": c.module_name, "shape": list(c.shape[1:])}
                   for c in calls],
         "weights": [w.detach().cpu().clone() for w in weights],
@@ -129,6 +162,27 @@ def check_rules(rules: Any, source: str = "rules") -> dict[str, Any]:
     return rules
 
 
+def _take_up(rules: dict[str, Any], weights: list[Tensor], optimizer: torch.optim.Adam) -> tuple[int, list[float], list[list[float]]]:
+    """Load a resumed fit's weights and Adam state into ``weights``/``optimizer``; returns the steps done
+    and the loss and validation histories so far."""
+    adam = rules.get("adam")
+    if not (isinstance(adam, dict) and isinstance(adam.get("step"), int)
+            and all(isinstance(adam.get(k), list) and len(adam[k]) == len(weights) for k in ("exp_avg", "exp_avg_sq"))
+            and all(a.shape == w.shape == b.shape for a, b, w in zip(adam["exp_avg"], adam["exp_avg_sq"], weights))):
+        raise PyExplainError("the rules to resume carry no optimizer state (written by an older pyexplain); fit anew")
+    with torch.no_grad():
+        for w, stored in zip(weights, rules["weights"]):
+            w.copy_(stored)
+    step = torch.tensor(float(adam["step"]))
+    optimizer.load_state_dict({"state": {i: {"step": step.clone(), "exp_avg": a.to(w), "exp_avg_sq": b.to(w)}
+                                         for i, (a, b, w) in enumerate(zip(adam["exp_avg"], adam["exp_avg_sq"], weights))},
+                               "param_groups": optimizer.state_dict()["param_groups"]})
+    history = rules.get("loss_history")
+    val = rules.get("val_morf")
+    return (adam["step"], [float(v) for v in history] if isinstance(history, Tensor) else [],
+            val.tolist() if isinstance(val, Tensor) else [])
+
+
 def _check_match(rules: dict[str, Any], sites: list[RuleSite]) -> None:
     fitted = f" (fitted on {rules['model']!r})" if rules.get("model") else ""
     if len(sites) != len(rules["calls"]):
@@ -143,10 +197,13 @@ def _check_match(rules: dict[str, Any], sites: list[RuleSite]) -> None:
                 f"{site.call.kind} with {channels} here")
 
 
-def fixed_rule_attribution(model: nn.Module, x: Tensor, targets: Targets, rules: str | os.PathLike | dict) -> Tensor:
+def fixed_rule_attribution(model: nn.Module, x: Tensor, targets: Targets, rules: str | os.PathLike | dict,
+                           checked: bool = False) -> Tensor:
     """``A = ∂_rule F_t/∂I ⊙ I`` with the stored channel rules: 1 forward + 1 backward (plus one
-    single-image reference forward per batch when the rules use the reference)."""
-    rules = check_rules(rules) if isinstance(rules, dict) else load_rules(rules)
+    single-image reference forward per batch when the rules use the reference). ``checked``: ``rules``
+    is a dict already known to be well formed (skips the file checks)."""
+    if not checked:
+        rules = check_rules(rules) if isinstance(rules, dict) else load_rules(rules)
     head = bool(rules["head"])
     f_ref = reference_activations(model, x, head) if rules["reference"] else None
     graph = RuleGraph.build(model, x, targets, variant=rules["variant"], f_ref=f_ref,
@@ -158,8 +215,10 @@ def fixed_rule_attribution(model: nn.Module, x: Tensor, targets: Targets, rules:
 
 def rule_summary(rules: dict[str, Any]) -> str:
     """One line describing a rules dict."""
-    history = rules.get("loss_history")
+    history, val = rules.get("loss_history"), rules.get("val_morf")
     final = f", final loss {float(history[-1]):.4g}" if isinstance(history, Tensor) and history.numel() else ""
+    if isinstance(val, Tensor) and val.numel():
+        final += f", held-out MoRF AUC {float(val[-1, 1]):.4g}"
     return (f"{len(rules['weights'])} channel rules for {rules.get('model') or 'a model'} over {rules.get('images')} "
             f"images, {rules.get('iterations')} iterations{final}")
 
