@@ -85,9 +85,10 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
             from ..metrics.pixel_flipping import morf
 
             stored = [w.detach().clone() for w in weights]
-            rules = {"variant": variant, "reference": reference, "keep_activation_mask": keep_activation_mask,
-                     "head": head, "weights": stored, "calls": [{"kind": c.kind} for c in calls]}
-            a = fixed_rule_attribution(model, validation, Targets(None), rules, checked=True)
+            rules = {"format": FORMAT, "version": VERSION, "variant": variant, "reference": reference,
+                     "keep_activation_mask": keep_activation_mask, "head": head, "weights": stored,
+                     "calls": [{"kind": c.kind} for c in calls]}
+            a = fixed_rule_attribution(model, validation, Targets(None), rules)
             val_morf.append([float(step), float(morf(model, validation, a).auc.mean())])
 
         bar = tqdm(range(done, done + iterations), desc="fit-rules", unit="it", disable=not progress,
@@ -197,13 +198,10 @@ def _check_match(rules: dict[str, Any], sites: list[RuleSite]) -> None:
                 f"{site.call.kind} with {channels} here")
 
 
-def fixed_rule_attribution(model: nn.Module, x: Tensor, targets: Targets, rules: str | os.PathLike | dict,
-                           checked: bool = False) -> Tensor:
+def fixed_rule_attribution(model: nn.Module, x: Tensor, targets: Targets, rules: str | os.PathLike | dict) -> Tensor:
     """``A = ∂_rule F_t/∂I ⊙ I`` with the stored channel rules: 1 forward + 1 backward (plus one
-    single-image reference forward per batch when the rules use the reference). ``checked``: ``rules``
-    is a dict already known to be well formed (skips the file checks)."""
-    if not checked:
-        rules = check_rules(rules) if isinstance(rules, dict) else load_rules(rules)
+    single-image reference forward per batch when the rules use the reference)."""
+    rules = check_rules(rules) if isinstance(rules, dict) else load_rules(rules)
     head = bool(rules["head"])
     f_ref = reference_activations(model, x, head) if rules["reference"] else None
     graph = RuleGraph.build(model, x, targets, variant=rules["variant"], f_ref=f_ref,
