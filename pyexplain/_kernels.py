@@ -19,6 +19,9 @@ summed inside the kernels. :func:`supported` says whether a call can take the fu
   (leading 1s may be left out, as in broadcasting).
 
 Anything else goes to the pure-PyTorch fallback in :mod:`pyexplain.ops`.
+
+``abs_channel_stats`` (FullGrad's per-site reduction) is a plain computation without autograd: it
+runs in backward hooks on gradients that need none. :func:`stats_supported` says which calls it takes.
 """
 from __future__ import annotations
 
@@ -198,3 +201,26 @@ def plugin_rule(g_out: Tensor, f: Tensor, f_ref: Tensor, weight: Tensor) -> Tens
 def masked_relu_backward(g_out: Tensor, f: Tensor, mask: Tensor, low: float, high: float) -> Tensor:
     """Fused ``g_out ⊙ 1[low < f < high] ⊙ mask`` (arguments already checked by :func:`supported`)."""
     return _MaskedReluBackward.apply(g_out, f, mask, float(low), float(high))
+
+
+def stats_supported(g: Tensor, weight: Tensor, reference: Tensor | None) -> bool:
+    """Whether :func:`abs_channel_stats` takes these arguments: CPU float32/float64, ``g`` a contiguous
+    ``[N, C, H, W]`` with ``H·W > 0``, ``weight`` a contiguous ``[C]`` and ``reference`` a contiguous
+    tensor shaped like ``g`` (or None), all of one dtype, none requiring a gradient."""
+    _ensure_loaded()
+    if _C is None or g.device.type != "cpu" or g.dim() != 4 or g.dtype not in _CPU_DTYPES:
+        return False
+    if g.shape[2] * g.shape[3] == 0 or not g.is_contiguous():
+        return False
+    tensors = (g, weight) if reference is None else (g, weight, reference)
+    if any(t.device != g.device or t.dtype != g.dtype or not t.is_contiguous() or t.requires_grad for t in tensors):
+        return False
+    return tuple(weight.shape) == (g.shape[1],) and (reference is None or reference.shape == g.shape)
+
+
+def abs_channel_stats(g: Tensor, weight: Tensor, reference: Tensor | None,
+                      threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused ``(min_s m, max_s m, Σ_c weight_c·m_c)`` of ``m = |g|`` or ``|g|·1[reference > threshold]``
+    in one pass over ``g`` (arguments already checked by :func:`stats_supported`); not differentiable."""
+    low, high, total = _C.abs_channel_stats(g, weight, reference, float(threshold))
+    return low, high, total

@@ -1,8 +1,10 @@
-"""The two hot backward operations: fused C++/CUDA kernels, with a pure-PyTorch fallback.
+"""The hot backward operations: fused C++/CUDA kernels, with a pure-PyTorch fallback.
 
 - ``plugin_rule(g_out, f, f_ref, W) = g_out ⊙ tanh(W ⊙ (f − f_ref))`` — LPR's learned rule (SPEC §3).
 - ``masked_relu_backward(g_out, f, mask, low, high) = g_out ⊙ 1[low < f < high] ⊙ mask`` — the
   ReLU (``high=inf``) / ReLU6 (``high=6``) gate times a mask (DMBP's σ, Guided Backprop).
+- ``abs_channel_stats(g, weight, reference, threshold)`` — FullGrad's reduction of one bias site's
+  gradient (per-channel extremes and weighted channel sum of ``|g|``); CPU only, no autograd.
 
 Both are differentiable in every tensor argument, to second order, so LPR's ``create_graph=True``
 optimization goes through them. When the compiled extension ``pyexplain._C`` is loaded, calls
@@ -149,6 +151,25 @@ def masked_relu_backward(g_out: Tensor, f: Tensor, mask: Tensor | None, low: flo
         if _kernels.supported(f, (g_out,), (m,)):
             return _kernels.masked_relu_backward(g_out, f, m, low, high)
     return masked_relu_backward_fallback(g_out, f, mask, low, high)
+
+
+def abs_channel_stats(g: Tensor, weight: Tensor, reference: Tensor | None = None,
+                      threshold: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """For ``g`` ``[N, C, H, W]`` and ``m = |g|`` (``reference`` None) or ``m = |g|·1[reference > threshold]``
+    (``threshold_backward``'s gate): ``(min m, max m)`` over positions ``[N, C]`` and the weighted
+    channel sum ``Σ_c weight_c·m_c`` ``[N, H, W]``. The fused kernel reads ``g`` once (CPU float32/float64,
+    contiguous); it has no autograd (FullGrad calls it in backward hooks, on gradients)."""
+    if _kernels.stats_supported(g, weight, reference) and _fused("abs_channel_stats", g):
+        return _kernels.abs_channel_stats(g, weight, reference, threshold)
+    return abs_channel_stats_fallback(g, weight, reference, threshold)
+
+
+def abs_channel_stats_fallback(g: Tensor, weight: Tensor, reference: Tensor | None = None,
+                               threshold: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """The pure-PyTorch :func:`abs_channel_stats`: ``m`` built, then ``amin``, ``amax`` and a matrix-vector product."""
+    m = g.abs() if reference is None else torch.ops.aten.threshold_backward(g, reference, threshold).abs_()
+    total = torch.matmul(weight, m.flatten(2)).view(m.shape[0], *m.shape[2:])
+    return m.amin((2, 3)), m.amax((2, 3)), total
 
 
 def plugin_rule_fallback(g_out: Tensor, f: Tensor, f_ref: Tensor | None, weight: Tensor) -> Tensor:

@@ -9,6 +9,7 @@
 #include <omp.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -339,6 +340,60 @@ std::vector<Tensor> masked_double_backward(const Tensor& gy, const Tensor& g, co
   return {L.result(hgy), L.result(hg), L.result(hm)};
 }
 
+// FullGrad's per-site reduction of a backward hook's gradient, in one pass over g (see
+// channel_stats.h): (low [N, C], high [N, C], weighted channel sum [N, H, W]) of m = |g| or
+// |g| * 1[reference > threshold]. CPU, float32/float64, contiguous NCHW. Images run in parallel;
+// fewer images than threads also split the channels, into partial sums added at the end.
+std::vector<Tensor> abs_channel_stats(const Tensor& g, const Tensor& weight, const OptionalTensor& reference,
+                                      double threshold) {
+  TORCH_CHECK(g.is_cpu() && g.dim() == 4 && g.is_contiguous(), "pyexplain._C: abs_channel_stats takes a contiguous "
+              "[N, C, H, W] CPU tensor");
+  const auto dtype = g.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "pyexplain._C: abs_channel_stats takes float32 or float64, "
+              "got ", dtype);
+  const int64_t N = g.size(0), C = g.size(1), S = g.size(2) * g.size(3);
+  TORCH_CHECK(weight.is_cpu() && weight.scalar_type() == dtype && weight.dim() == 1 && weight.size(0) == C &&
+              weight.is_contiguous(), "pyexplain._C: the weight must be a contiguous [C] tensor of g's dtype");
+  if (reference) {
+    TORCH_CHECK(reference->is_cpu() && reference->scalar_type() == dtype && reference->sizes() == g.sizes() &&
+                reference->is_contiguous(), "pyexplain._C: the reference must be a contiguous tensor shaped like g");
+  }
+  Tensor low = at::empty({N, C}, g.options()), high = at::empty({N, C}, g.options());
+  Tensor sum = at::empty({N, g.size(2), g.size(3)}, g.options());
+  TORCH_CHECK(S > 0, "pyexplain._C: abs_channel_stats needs at least one position");
+  if (N == 0) return {low, high, sum};
+  PxStatsArgs a{g.data_ptr(), reference ? reference->data_ptr() : nullptr, weight.data_ptr(), threshold,
+                N, C, S, low.data_ptr(), high.data_ptr()};
+  auto kernel = dtype == at::kFloat ? px_default::abs_channel_stats_float : px_default::abs_channel_stats_double;
+#ifdef PX_HAVE_AVX2_BUILD
+  if (use_avx2) kernel = dtype == at::kFloat ? px_avx2::abs_channel_stats_float : px_avx2::abs_channel_stats_double;
+#endif
+  const int64_t threads = at::get_num_threads();
+  const int64_t work = N * C * S;
+  const int64_t min_work = 1 << 15;  // fewer elements: one thread
+  int64_t blocks = 1;                // channel blocks per image
+  if (threads > 1 && N < threads && work >= min_work) blocks = std::min<int64_t>(C, (threads + N - 1) / N);
+  if (blocks <= 1) {
+    const int64_t grain = std::max<int64_t>(1, min_work / std::max<int64_t>(1, C * S));
+    char* out = static_cast<char*>(sum.data_ptr());
+    const int64_t row = S * static_cast<int64_t>(g.element_size());
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) kernel(a, n, 0, C, out + n * row);
+    });
+    return {low, high, sum};
+  }
+  Tensor partial = at::empty({blocks, N, S}, g.options());
+  char* out = static_cast<char*>(partial.data_ptr());
+  const int64_t row = S * static_cast<int64_t>(g.element_size());
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / N, n = t - b * N;
+      kernel(a, n, C * b / blocks, C * (b + 1) / blocks, out + t * row);
+    }
+  });
+  return {low, high, partial.sum(0).view(sum.sizes())};
+}
+
 std::string set_cpu_isa(const std::string& isa) {
   const std::string previous = use_avx2 ? "avx2" : "default";
   TORCH_CHECK(isa == "default" || isa == "avx2", "pyexplain._C: cpu isa is 'default' or 'avx2', got '", isa, "'");
@@ -371,13 +426,15 @@ pybind11::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "pyexplain's fused kernels: LPR's plugin rule and the masked activation backward";
+  m.doc() = "pyexplain's fused kernels: LPR's plugin rule, the masked activation backward, FullGrad's channel stats";
   m.def("plugin_forward", &plugin_forward, "g * tanh(w * (f - ref))");
   m.def("plugin_backward", &plugin_backward, "first-order gradients of plugin_forward");
   m.def("plugin_double_backward", &plugin_double_backward, "gradients of plugin_backward");
   m.def("masked_forward", &masked_forward, "g * 1[low < f < high] * mask");
   m.def("masked_backward", &masked_backward, "first-order gradients of masked_forward");
   m.def("masked_double_backward", &masked_double_backward, "gradients of masked_backward");
+  m.def("abs_channel_stats", &abs_channel_stats,
+        "per-channel min and max over positions, and the weighted channel sum, of |g| (or |g| * 1[ref > t])");
   m.def("set_cpu_isa", &set_cpu_isa, "select the CPU kernels ('default' or 'avx2'); returns the previous choice");
   m.def("build_info", &build_info, "how this extension was built");
 }

@@ -3,6 +3,7 @@
 // the pragma, so no inline function shared with other translation units is compiled for AVX2.
 #include <omp.h>
 
+#include "channel_stats.h"
 #include "launch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -11,6 +12,7 @@
 namespace px_avx2 {
 #include "elementwise.h"
 #include "cpu_kernels.inc"
+#include "channel_stats.inc"
 }  // namespace px_avx2
 #pragma GCC pop_options
 #endif

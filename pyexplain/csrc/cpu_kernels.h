@@ -2,11 +2,14 @@
 // units that include no torch headers), chosen at run time in bindings.cpp.
 #pragma once
 
+#include "channel_stats.h"
 #include "launch.h"
 
 namespace px_default {
 void run_cpu_float(const PxLaunch& L);
 void run_cpu_double(const PxLaunch& L);
+void abs_channel_stats_float(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
+void abs_channel_stats_double(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
 }  // namespace px_default
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -14,5 +17,7 @@ void run_cpu_double(const PxLaunch& L);
 namespace px_avx2 {
 void run_cpu_float(const PxLaunch& L);
 void run_cpu_double(const PxLaunch& L);
+void abs_channel_stats_float(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
+void abs_channel_stats_double(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
 }  // namespace px_avx2
 #endif

@@ -17,7 +17,8 @@ evenly over the input channels, so its channel sum is ``S``.
 
 :func:`fullgrad` does not build the terms: a hook reduces each site's gradient while the backward
 pass produces it (``|∇_bF ⊙ b| = |b_c|·|∇_bF|`` for a per-channel bias), keeping per term only the
-per-channel extremes and the weighted channel sum; ψ's scaling and the upsampling follow, batched.
+per-channel extremes and the weighted channel sum (one pass over the gradient with the compiled
+kernel, :func:`pyexplain.ops.abs_channel_stats`); ψ's scaling and the upsampling follow, batched.
 
 A model with a nonlinearity that is not piecewise linear (SiLU, GELU, Hardswish, sigmoid/tanh gates,
 ...) is refused: its bias-gradients no longer complete the logit.
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import ops
 from ..core.biases import BiasSite, capture_biases
 from ..core.targets import Targets
 from ..errors import PyExplainError
@@ -112,14 +114,18 @@ class _Magnitudes:
 
     def add(self, magnitude: Tensor, weight: Tensor | None = None) -> None:
         """One term ``|t| = weight ⊙ magnitude`` (``weight`` None: ones)."""
-        self.lows.append(magnitude.amin((2, 3)))
-        self.highs.append(magnitude.amax((2, 3)))
         if weight is None:
-            self.weights.append(magnitude.new_ones(magnitude.shape[1]))
-            self.channel_sums.append(magnitude.sum(1))
+            weight, channel_sum = magnitude.new_ones(magnitude.shape[1]), magnitude.sum(1)
         else:
-            self.weights.append(weight)
-            self.channel_sums.append(torch.matmul(weight, magnitude.flatten(2)).view(magnitude.shape[0], *magnitude.shape[2:]))
+            channel_sum = torch.matmul(weight, magnitude.flatten(2)).view(magnitude.shape[0], *magnitude.shape[2:])
+        self.add_reduced(weight, magnitude.amin((2, 3)), magnitude.amax((2, 3)), channel_sum)
+
+    def add_reduced(self, weight: Tensor, low: Tensor, high: Tensor, channel_sum: Tensor) -> None:
+        """One term already reduced: ``w``, the extremes of ``m`` and ``Σ_c w_c m_c``."""
+        self.weights.append(weight)
+        self.lows.append(low)
+        self.highs.append(high)
+        self.channel_sums.append(channel_sum)
 
     def saliency(self, size: tuple[int, int], eps: float = 1e-6) -> Tensor:
         """``Σ_s upsample(Σ_c ψ(t_s))`` ``[N, *size]``, ``ψ(t) = (|t| − lo) / (hi − lo + eps)`` with ``lo``,
@@ -155,17 +161,20 @@ def _below(value: float, dtype: torch.dtype) -> float:
     return torch.nextafter(high, high.new_tensor(-math.inf)).item()
 
 
-def _bias_magnitude(site: BiasSite, grad: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``|∇_bF ⊙ b| = w ⊙ m`` as ``(m, w)`` (``w`` per channel, None for ones) from ``∇_bF``, without
-    building ``b``: a conv/BN bias gives ``(|∇_bF|, |b_c|)``; ReLU6-like saturation (``low = 0 < high``,
-    ``c = high·1[f ≥ high]``) gives ``(|∇_bF ⊙ 1[f ≥ high]|, high)`` (one ``threshold_backward``)."""
+def _reduce_bias_term(site: BiasSite, grad: Tensor, magnitudes: _Magnitudes) -> None:
+    """Adds ``|∇_bF ⊙ b| = w ⊙ m`` to ``magnitudes`` from ``∇_bF``, without building ``b``: a conv/BN bias
+    gives ``m = |∇_bF|``, ``w = |b_c|``; ReLU6-like saturation (``low = 0 < high``, ``c = high·1[f ≥ high]``)
+    gives ``m = |∇_bF ⊙ 1[f ≥ high]|``, ``w = high``. Both reduce in one pass over the gradient
+    (:func:`pyexplain.ops.abs_channel_stats`); other sites build ``|∇_bF ⊙ b|``."""
     if site.per_channel:
-        return grad.abs(), site.value.flatten().abs()
-    if site.clamp is not None and site.clamp[0] == 0 < site.clamp[1]:
+        weight = site.value.detach().flatten().abs()
+        magnitudes.add_reduced(weight, *ops.abs_channel_stats(grad, weight))
+    elif site.clamp is not None and site.clamp[0] == 0 < site.clamp[1]:
         f, high = site.reference, site.clamp[1]  # f ≥ high iff the reference is above _below(high)
-        saturated = torch.ops.aten.threshold_backward(grad, f, _below(high, f.dtype)).abs_()
-        return saturated, grad.new_full((grad.shape[1],), high)
-    return (grad * site.bias).abs_(), None
+        weight = grad.new_full((grad.shape[1],), high)
+        magnitudes.add_reduced(weight, *ops.abs_channel_stats(grad, weight, f, _below(high, f.dtype)))
+    else:
+        magnitudes.add((grad * site.bias).abs_())
 
 
 def _saliency(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
@@ -176,7 +185,7 @@ def _saliency(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
 
     def reduce_term(site: BiasSite) -> None:
         if site.output.ndim == 4 and site.output.requires_grad:  # spatial terms only enter the map
-            site.output.register_hook(lambda grad: magnitudes.add(*_bias_magnitude(site, grad)))
+            site.output.register_hook(lambda grad: _reduce_bias_term(site, grad, magnitudes))
 
     with _bias_sites(model, x, targets, reduce_term) as (leaf, _, score):
         (input_grad,) = torch.autograd.grad(score, leaf)
