@@ -3,6 +3,7 @@ difference, and time per forward pass, on EfficientNet-Lite0, VGG16 and ResNet-5
 
     python benchmarks/bench_fixed_rules.py [--models efficientnet_lite0,vgg16,resnet50] [--batches 1,8]
                                            [--methods saliency,...] [--rounds 3] [--rounds-large 2]
+                                           [--fallback-too]
 
 One intra-op thread, the main thread's CPU time (``time.thread_time``); per model and batch, every
 candidate (the forward pass, each pyexplain method, each peer) runs once per round, interleaved,
@@ -11,7 +12,8 @@ Random weights for VGG16 and ResNet-50, real ones for EfficientNet-Lite0; one ra
 model and batch, targets the top-1 classes. Peers run on the adaptations the tests use
 (tests/baseline_oracles.py), built before timing. The map difference is
 ``max |ours − peer| / max |peer|`` (Grad-CAM: our channel sum against Captum's layer map upsampled
-bilinearly).
+bilinearly). ``--fallback-too`` adds each method run with the pure-PyTorch ops (``ops.use_fallback``)
+as one more interleaved candidate, its map difference taken against the compiled kernels' map.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 import pyexplain  # noqa: E402
+from pyexplain import ops  # noqa: E402
 from pyexplain.core.canonize import fold_batchnorm  # noqa: E402
 from pyexplain.core.layers import default_cam_layer, get_layer  # noqa: E402
 
@@ -81,7 +84,12 @@ def largest_difference(method: str, ours: torch.Tensor, theirs: torch.Tensor) ->
     return float((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1e-30))
 
 
-def run(name: str, batch: int, rounds: int, methods: tuple[str, ...] = METHODS) -> list[str]:
+def with_fallback(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    with ops.use_fallback():
+        return fn()
+
+
+def run(name: str, batch: int, rounds: int, methods: tuple[str, ...] = METHODS, fallback_too: bool = False) -> list[str]:
     model, _ = pyexplain.load_model(name, random_weights=name != "efficientnet_lite0")
     model.eval()
     for p in model.parameters():
@@ -98,6 +106,8 @@ def run(name: str, batch: int, rounds: int, methods: tuple[str, ...] = METHODS) 
     peers: dict[str, str] = {}
     for method in methods:
         candidates[method] = lambda m=method: pyexplain.explain(model, x, m, target=targets).attribution
+        if fallback_too:
+            candidates["fallback:" + method] = lambda m=method: with_fallback(lambda: candidates[m]())
         found = peer(method, model, x, targets)
         if found:
             peers[method] = found[0]
@@ -122,6 +132,11 @@ def run(name: str, batch: int, rounds: int, methods: tuple[str, ...] = METHODS) 
                         f"{best['peer:' + method] / best['forward']:.2f} |")
         else:
             rows.append(f"| {name} | {batch} | {method} | — | — | — | {ratio_forward:.2f} | — |")
+        if fallback_too:
+            key = "fallback:" + method
+            rows.append(f"| {name} | {batch} | {method}, fallback ops | {method} | {best[key] / best[method]:.2f} | "
+                        f"{largest_difference(method, outputs[key], outputs[method]):.1e} | "
+                        f"{best[key] / best['forward']:.2f} | |")
     rows.append(f"| {name} | {batch} | (forward, s) | | | | {best['forward']:.3f} | |")
     return rows
 
@@ -133,6 +148,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rounds-large", type=int, default=2)
+    parser.add_argument("--fallback-too", action="store_true", help="also time each method on the pure-PyTorch ops")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -145,7 +161,7 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         for name in args.models.split(","):
             rounds = args.rounds_large if batch > 1 and name != "efficientnet_lite0" else args.rounds
-            for row in run(name, batch, rounds, tuple(args.methods.split(","))):
+            for row in run(name, batch, rounds, tuple(args.methods.split(",")), args.fallback_too):
                 print(row, flush=True)
     print(f"# wall time {time.perf_counter() - start:.0f} s")
 

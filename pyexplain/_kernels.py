@@ -208,14 +208,16 @@ def stats_supported(g: Tensor, weight: Tensor, reference: Tensor | None) -> bool
     ``[N, C, H, W]`` with ``H·W > 0``, ``weight`` a contiguous ``[C]`` and ``reference`` a contiguous
     tensor shaped like ``g`` (or None), all of one dtype, none requiring a gradient."""
     _ensure_loaded()
-    if _C is None or g.device.type != "cpu" or g.dim() != 4 or g.dtype not in _CPU_DTYPES:
+    if _C is None or g.dtype not in _CPU_DTYPES or g.device.type != "cpu" or g.dim() != 4 or g.requires_grad:
         return False
-    if g.shape[2] * g.shape[3] == 0 or not g.is_contiguous():
+    if not g.is_contiguous() or g.shape[2] * g.shape[3] == 0:
         return False
-    tensors = (g, weight) if reference is None else (g, weight, reference)
-    if any(t.device != g.device or t.dtype != g.dtype or not t.is_contiguous() or t.requires_grad for t in tensors):
+    if (weight.dtype != g.dtype or weight.device.type != "cpu" or weight.shape != (g.shape[1],)
+            or not weight.is_contiguous() or weight.requires_grad):
         return False
-    return tuple(weight.shape) == (g.shape[1],) and (reference is None or reference.shape == g.shape)
+    return reference is None or (reference.dtype == g.dtype and reference.device.type == "cpu"
+                                 and reference.shape == g.shape and reference.is_contiguous()
+                                 and not reference.requires_grad)
 
 
 def abs_channel_stats(g: Tensor, weight: Tensor, reference: Tensor | None,

@@ -161,20 +161,21 @@ def _below(value: float, dtype: torch.dtype) -> float:
     return torch.nextafter(high, high.new_tensor(-math.inf)).item()
 
 
-def _reduce_bias_term(site: BiasSite, grad: Tensor, magnitudes: _Magnitudes) -> None:
-    """Adds ``|∇_bF ⊙ b| = w ⊙ m`` to ``magnitudes`` from ``∇_bF``, without building ``b``: a conv/BN bias
-    gives ``m = |∇_bF|``, ``w = |b_c|``; ReLU6-like saturation (``low = 0 < high``, ``c = high·1[f ≥ high]``)
-    gives ``m = |∇_bF ⊙ 1[f ≥ high]|``, ``w = high``. Both reduce in one pass over the gradient
-    (:func:`pyexplain.ops.abs_channel_stats`); other sites build ``|∇_bF ⊙ b|``."""
+def _term_reducer(site: BiasSite, magnitudes: _Magnitudes) -> Callable[[Tensor], None]:
+    """The hook that adds ``|∇_bF ⊙ b| = w ⊙ m`` to ``magnitudes`` from ``∇_bF``, without building ``b``: a
+    conv/BN bias gives ``m = |∇_bF|``, ``w = |b_c|``; ReLU6-like saturation (``low = 0 < high``,
+    ``c = high·1[f ≥ high]``) gives ``m = |∇_bF ⊙ 1[f ≥ high]|``, ``w = high``. Both reduce in one pass
+    over the gradient (:func:`pyexplain.ops.abs_channel_stats`), with ``w`` made when the site is
+    recorded; other sites build ``|∇_bF ⊙ b|``."""
     if site.per_channel:
         weight = site.value.detach().flatten().abs()
-        magnitudes.add_reduced(weight, *ops.abs_channel_stats(grad, weight))
-    elif site.clamp is not None and site.clamp[0] == 0 < site.clamp[1]:
-        f, high = site.reference, site.clamp[1]  # f ≥ high iff the reference is above _below(high)
-        weight = grad.new_full((grad.shape[1],), high)
-        magnitudes.add_reduced(weight, *ops.abs_channel_stats(grad, weight, f, _below(high, f.dtype)))
-    else:
-        magnitudes.add((grad * site.bias).abs_())
+        return lambda grad: magnitudes.add_reduced(weight, *ops.abs_channel_stats(grad, weight))
+    if site.clamp is not None and site.clamp[0] == 0 < site.clamp[1]:
+        high = site.clamp[1]
+        weight = site.output.new_full((site.output.shape[1],), high)
+        threshold = _below(high, site.reference.dtype)  # f ≥ high iff the reference is above _below(high)
+        return lambda grad: magnitudes.add_reduced(weight, *ops.abs_channel_stats(grad, weight, site.reference, threshold))
+    return lambda grad: magnitudes.add((grad * site.bias).abs_())
 
 
 def _saliency(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
@@ -185,7 +186,7 @@ def _saliency(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
 
     def reduce_term(site: BiasSite) -> None:
         if site.output.ndim == 4 and site.output.requires_grad:  # spatial terms only enter the map
-            site.output.register_hook(lambda grad: _reduce_bias_term(site, grad, magnitudes))
+            site.output.register_hook(_term_reducer(site, magnitudes))
 
     with _bias_sites(model, x, targets, reduce_term) as (leaf, _, score):
         (input_grad,) = torch.autograd.grad(score, leaf)
