@@ -152,6 +152,21 @@ def test_other_layouts_and_dtypes_take_the_fallback(monkeypatch):
     assert not _kernels.stats_supported(g[0], weight, None)
 
 
+def test_an_extension_without_the_op_takes_the_fallback(monkeypatch):
+    """An extension built from older sources (no ``abs_channel_stats``) leaves FullGrad on the fallback."""
+    if not _kernels.available():
+        pytest.skip(f"extension not loaded ({_kernels.LOAD_ERROR})")
+
+    class OlderBuild:
+        pass
+
+    g, weight, reference, threshold = inputs((2, 3, 4, 5), torch.float64, True)
+    monkeypatch.setattr(_kernels, "_C", OlderBuild())
+    assert not _kernels.stats_supported(g, weight, reference)
+    assert_stats_close(ops.abs_channel_stats(g, weight, reference, threshold),
+                       loop_stats(g, weight, reference, threshold), torch.float64)
+
+
 @needs_extension
 def test_kernel_rejects_bad_arguments():
     g, weight, reference, _ = inputs((2, 3, 4, 5), torch.float32, True)
