@@ -18,8 +18,10 @@ needs_extension = pytest.mark.skipif(not _kernels.available(), reason=f"extensio
 CPU_ISAS = ["default", "avx2"] if _kernels.available() and "avx2" in _kernels.build_info()["cpu_isa_available"] else ["default"]
 TOLERANCE = {torch.float64: {"rtol": 1e-12, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-5}}
 # (N, C, H, W): one image, a batch, one position, more channels than a group of the kernel (256),
-# more positions than a tile (2048), a single channel.
-SHAPES = [(1, 5, 7, 9), (3, 4, 6, 5), (2, 3, 1, 1), (2, 300, 3, 2), (1, 2, 50, 45), (4, 1, 8, 8)]
+# more positions than a tile (2048), a single channel; the last two are large enough (≥ 2^15
+# elements) for two threads to split one image's channels, and to share the images of a batch.
+SHAPES = [(1, 5, 7, 9), (3, 4, 6, 5), (2, 3, 1, 1), (2, 300, 3, 2), (1, 2, 50, 45), (4, 1, 8, 8),
+          (1, 41, 30, 30), (3, 8, 40, 41)]
 
 
 @pytest.fixture(params=[(isa, threads) for isa in CPU_ISAS for threads in (1, 2)], ids=lambda p: f"{p[0]}-{p[1]}t")
