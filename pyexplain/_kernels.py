@@ -205,9 +205,9 @@ def masked_relu_backward(g_out: Tensor, f: Tensor, mask: Tensor, low: float, hig
 
 def stats_supported(g: Tensor, weight: Tensor, reference: Tensor | None) -> bool:
     """Whether :func:`abs_channel_stats` takes these arguments (and the loaded extension has the op):
-    CPU float32/float64, ``g`` a contiguous
-    ``[N, C, H, W]`` with ``H·W > 0``, ``weight`` a contiguous ``[C]`` and ``reference`` a contiguous
-    tensor shaped like ``g`` (or None), all of one dtype, none requiring a gradient."""
+    CPU float32/float64, ``g`` a contiguous ``[N, C, H, W]`` with ``H·W > 0``, ``weight`` a contiguous
+    ``[C]`` and ``reference`` a contiguous tensor shaped like ``g`` (or None), all of one dtype, none
+    requiring a gradient."""
     _ensure_loaded()
     if getattr(_C, "abs_channel_stats", None) is None:  # not loaded, or built from sources without the op
         return False

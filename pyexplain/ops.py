@@ -6,7 +6,7 @@
 - ``abs_channel_stats(g, weight, reference, threshold)`` — FullGrad's reduction of one bias site's
   gradient (per-channel extremes and weighted channel sum of ``|g|``); CPU only, no autograd.
 
-Both are differentiable in every tensor argument, to second order, so LPR's ``create_graph=True``
+The first two are differentiable in every tensor argument, to second order, so LPR's ``create_graph=True``
 optimization goes through them. When the compiled extension ``pyexplain._C`` is loaded, calls
 whose arguments it takes (see :mod:`pyexplain._kernels`: CPU float32/float64, CUDA also half and
 bfloat16; ``f_ref``/``W``/``mask`` full-size, per-channel or shared by the batch) run the fused
