@@ -156,7 +156,7 @@ def masked_relu_backward(g_out: Tensor, f: Tensor, mask: Tensor | None, low: flo
 def abs_channel_stats(g: Tensor, weight: Tensor, reference: Tensor | None = None,
                       threshold: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """For ``g`` ``[N, C, H, W]`` and ``m = |g|`` (``reference`` None) or ``m = |g|·1[reference > threshold]``
-    (``threshold_backward``'s gate): ``(min m, max m)`` over positions ``[N, C]`` and the weighted
+    (``threshold_backward``'s gate, which keeps a NaN reference): ``(min m, max m)`` over positions ``[N, C]`` and the weighted
     channel sum ``Σ_c weight_c·m_c`` ``[N, H, W]``. The fused kernel reads ``g`` once (CPU float32/float64,
     contiguous); it has no autograd (FullGrad calls it in backward hooks, on gradients)."""
     if _kernels.stats_supported(g, weight, reference) and _fused("abs_channel_stats", g):

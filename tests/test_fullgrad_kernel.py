@@ -53,7 +53,7 @@ def loop_stats(g, weight, reference, threshold):
             values = []
             for i in range(h_):
                 for j in range(w_):
-                    keep = reference is None or float(reference[n, c, i, j]) > threshold
+                    keep = reference is None or not float(reference[n, c, i, j]) <= threshold  # NaN: kept
                     m = abs(float(g64[n, c, i, j])) if keep else 0.0
                     values.append(m)
                     total[n, i, j] += float(w64[c]) * m
@@ -127,6 +127,17 @@ def test_nan_propagates_to_its_channel_extremes_as_with_amin(kernel_setup):
     for got, expected in zip((low, high, total), want):
         assert torch.equal(got.isnan(), expected.isnan())
     assert low[1, 2].isnan() and high[1, 2].isnan() and total[1, 3, 1].isnan() and not low[1, :2].isnan().any()
+
+
+@needs_extension
+def test_nan_reference_keeps_the_gradient_as_threshold_backward_does(kernel_setup):
+    g, weight, reference, threshold = inputs((2, 3, 4, 5), torch.float64, True)
+    reference[0, 1, 2, 3] = math.nan
+    reference[1, 0] = math.nan
+    fused = _kernels.abs_channel_stats(g, weight, reference, threshold)
+    assert_stats_close(fused, ops.abs_channel_stats_fallback(g, weight, reference, threshold), torch.float64)
+    assert_stats_close(fused, loop_stats(g, weight, reference, threshold), torch.float64)
+    torch.testing.assert_close(fused[0][1, 0], g[1, 0].abs().min())
 
 
 def test_other_layouts_and_dtypes_take_the_fallback(monkeypatch):
