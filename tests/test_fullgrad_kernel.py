@@ -201,6 +201,7 @@ def _count_kernel_calls(monkeypatch) -> list[int]:
 def test_fullgrad_map_with_the_kernel_equals_the_fallback(monkeypatch, dtype):
     """Every spatial conv/BN/ReLU6 site of the small net goes through the kernel; the map equals the
     one the fallback computes (forced by ``ops.use_fallback`` and by ``PYEXPLAIN_BACKEND``)."""
+    monkeypatch.delenv("PYEXPLAIN_BACKEND", raising=False)
     calls = _count_kernel_calls(monkeypatch)
     model, x = small_net(dtype=dtype), small_input(3, dtype=dtype)
     fused = pyexplain.explain(model, x, "fullgrad", target=[0, 3, 1]).attribution
