@@ -156,14 +156,19 @@ def test_own_branch_criterion_catches_a_wrong_export(how, tmp_path):
 
 
 @pytest.mark.slow
-def test_fitted_rules_file_exports_to_every_format(tmp_path):
-    """A rules file written by amortized LPR with its defaults (masked rule, no reference) exports in
-    each format and gives LPR's own fixed-rule attribution, by the criterion of the test above."""
+@pytest.mark.parametrize("family", ["channel", "predictor"])
+def test_fitted_rules_file_exports_to_every_format(tmp_path, family):
+    """A rules file written by amortized LPR with its defaults (masked rule, no reference) — channel
+    rules, or rules predicted per position by a rank-2 predictor — exports in each format and gives
+    LPR's own fixed-rule attribution, by the criterion of the test above."""
     from pyexplain.export import compile_explainer
     from pyexplain.methods._lpr_rules import fit_rules, save_rules
 
     net, x = model("resnet18"), images("resnet18")
-    path = save_rules(fit_rules(net, x[:2], model_name="resnet18", iterations=3), tmp_path / "rules.pt")
+    rules = fit_rules(net, x[:2], model_name="resnet18", iterations=3, family=family, rank=2, objective="deletion")
+    if family == "predictor":  # the fit moved the predictor away from the channel rule it starts at
+        assert any(float(p["up"].abs().max()) > 0 for p in rules["predictors"])
+    path = save_rules(rules, tmp_path / "rules.pt")
     targets = torch.tensor([0, 3, 1, 5])
     expected = pyexplain.explain(net, x, "lpr", targets.tolist(), rules=str(path)).attribution
     explainer = compile_explainer(net, "lpr", x, rules=str(path))

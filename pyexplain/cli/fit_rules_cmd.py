@@ -1,4 +1,4 @@
-"""``pyexplain fit-rules IMAGE... --model M --out rules.pt``: amortized LPR channel rules over a set of images."""
+"""``pyexplain fit-rules IMAGE... --model M --out rules.pt``: amortized LPR rules over a set of images."""
 from __future__ import annotations
 
 import sys
@@ -33,6 +33,13 @@ def fit_rules_command(
         f"{', '.join(_LOSS_KEYS + _RULE_KEYS)}.")] = [],
     iterations: Annotated[int, typer.Option("--iterations", metavar="INT", help="Adam steps over the whole set.")] = 50,
     lr: Annotated[float, typer.Option("--lr", metavar="FLOAT", help="Adam learning rate.")] = 0.2,
+    family: Annotated[str, typer.Option(
+        "--family", metavar="NAME", help="Rule family: channel (one W per channel) or predictor (W predicted "
+        "at every position from the activation; exports like channel rules).")] = "channel",
+    rank: Annotated[int, typer.Option("--rank", metavar="INT", help="The predictor's rank (--family predictor).")] = 4,
+    objective: Annotated[str, typer.Option(
+        "--objective", metavar="NAME", help="lpr (the paper's sign-aware masking loss) or deletion (a soft "
+        "MoRF curve over 1-5 % of the pixels).")] = "lpr",
     batch_size: Annotated[int, typer.Option(
         "--batch-size", metavar="INT", help="Images per chunk (more images: chunks are recomputed each step).")] = 8,
     val: Annotated[list[str], typer.Option(
@@ -52,17 +59,18 @@ def fit_rules_command(
     std: StdOption = None,
     labels: LabelsOption = None,
 ) -> None:
-    """Fit amortized LPR channel rules over a set of images.
+    """Fit amortized LPR rules over a set of images.
 
-    Learns one LPR channel rule per activation call, shared by all images (each explained for its
-    top-1 class), and saves them for `pyexplain explain --method lpr --rules FILE`."""
+    Learns one LPR rule per activation call, shared by all images (each explained for its top-1
+    class), and saves them for `pyexplain explain --method lpr --rules FILE` and `pyexplain export
+    --method lpr --rules FILE`."""
     import torch
 
     from ..api import model_device
     from ..io import open_image
     from ..methods._lpr import MASKS, NORMALIZATIONS, VARIANTS, LossConfig, check_choice
     from ..method_options import check_options
-    from ..methods._lpr_rules import fit_rules, load_rules, rule_summary, save_rules
+    from ..methods._lpr_rules import FAMILIES, OBJECTIVES, fit_rules, load_rules, rule_summary, save_rules
     from ..registry import get_method
 
     options = parse_options(option, ["lpr"], check=False).get("lpr", {})
@@ -73,6 +81,11 @@ def fit_rules_command(
     check_positive(iterations, "--iterations")
     check_positive(batch_size, "--batch-size")
     check_positive(val_every, "--val-every")
+    check_positive(rank, "--rank")
+    if family not in FAMILIES:
+        raise PyExplainError(f"--family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if objective not in OBJECTIVES:
+        raise PyExplainError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if resume is not None and set(options) & set(_RULE_KEYS):
         raise PyExplainError(f"--resume takes the rule settings from {str(resume)!r}; drop "
                              f"-O {sorted(set(options) & set(_RULE_KEYS))[0]}")
@@ -93,7 +106,7 @@ def fit_rules_command(
                 if val else None)
     config = LossConfig(**{k: options[k] for k in _LOSS_KEYS if k in options})
     rules = fit_rules(net, x, model_name=model, iterations=iterations, lr=lr, config=config, batch_size=batch_size,
-                      progress=True, resume=earlier, validation=held_out, validate_every=val_every,
+                      family=family, rank=rank, objective=objective, seed=seed, progress=True, resume=earlier, validation=held_out, validate_every=val_every,
                       **{k: options[k] for k in _RULE_KEYS if k in options})
     save_rules(rules, out)
     print(f"{out}: {rule_summary(rules)}", file=sys.stderr)

@@ -3,7 +3,8 @@
 Sources: a rules file from ``pyexplain fit-rules`` or its dict (read and checked by
 :mod:`pyexplain.methods._lpr_rules`: ``calls`` — one record per ruled activation call with its
 ``index`` and ``kind`` —, ``weights`` — one ``[C]`` tensor per record —, and the settings
-``variant``, ``reference``, ``keep_activation_mask``), or a plain list with one tensor ``[C]`` (or
+``variant``, ``reference``, ``keep_activation_mask`` —, for the predictor family ``predictors``, one
+dict of predictor tensors per record), or a plain list with one tensor ``[C]`` (or
 ``None`` for the plain gradient) per activation call, in call order.
 """
 from __future__ import annotations
@@ -19,9 +20,11 @@ from ..errors import PyExplainError
 
 @dataclass(frozen=True)
 class ChannelRules:
-    """``weights[i]``: the rule of activation call ``i`` (absent: the plain gradient there)."""
+    """``weights[i]``: the rule of activation call ``i`` (absent: the plain gradient there);
+    ``predictors[i]``: its predictor of ``W`` from the activation (absent: ``W = weights[i]``)."""
 
     weights: dict[int, Tensor]
+    predictors: dict[int, dict[str, Tensor]] = field(default_factory=dict)
     kinds: dict[int, str] = field(default_factory=dict)
     variant: str = "feature"
     reference: bool = True
@@ -47,8 +50,10 @@ def _from_file_dict(rules: dict[str, Any], source: str) -> ChannelRules:
         raise PyExplainError(f"{source} is a damaged LPR rules file (call records without an index)")
     if rules["variant"] not in ("feature", "gradient"):
         raise PyExplainError(f"{source} has an unknown rule variant {rules['variant']!r}")
+    predictors = rules.get("predictors") or []
     return ChannelRules(
         weights={c["index"]: w.float() for c, w in zip(calls, rules["weights"])},
+        predictors={c["index"]: {k: t.float() for k, t in p.items()} for c, p in zip(calls, predictors)},
         kinds={c["index"]: c["kind"] for c in calls if "kind" in c},
         variant=str(rules["variant"]), reference=bool(rules["reference"]),
         keep_activation_mask=bool(rules["keep_activation_mask"]), source=source,

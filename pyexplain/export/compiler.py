@@ -159,7 +159,12 @@ def _attach_rules(explainer: CompiledExplainer, rules: ChannelRules) -> None:
             raise PyExplainError(f"{rules.source} do not match the model: {weight.numel()} channel weights for "
                                  f"activation call {step.index} of shape {tuple(f_ref.shape[1:])}")
         reference_input = f_ref if rules.reference else torch.zeros_like(f_ref)
-        step.set_channel_rule(weight.to(f_ref.device), reference_input, rules.variant, rules.keep_activation_mask)
+        predictor = rules.predictors.get(step.index)
+        if predictor is not None and weight.numel() != f_ref.shape[1]:
+            raise PyExplainError(f"{rules.source} do not match the model: a predictor of {weight.numel()} channels for "
+                                 f"activation call {step.index} of shape {tuple(f_ref.shape[1:])}")
+        step.set_channel_rule(weight.to(f_ref.device), reference_input, rules.variant, rules.keep_activation_mask,
+                              predictor)
 
 
 def compile_explainer(model: nn.Module, method: str, example_input: Tensor, **options: Any) -> CompiledExplainer:

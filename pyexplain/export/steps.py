@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.rule_predictor import PREDICTOR_KEYS, predicted_weight
 from ..ops import plugin_rule
 
 #: Backward rules an :class:`Activation` applies, by name.
@@ -106,7 +107,9 @@ class Activation(Step):
     ``"gradient"``: ``g ⊙ φ'(f)``; ``"guided"``: ``max(g, 0) ⊙ φ'(f)``; ``"deconvnet"``: ``max(g, 0)``;
     ``"lpr"``: where a frozen rule is set (:meth:`set_channel_rule`), ``g ⊙ tanh(W ⊙ (f − f_ref))``
     (variant ``"feature"``; ``f_ref = 0`` without reference) or ``tanh(W ⊙ g)`` (variant ``"gradient"``),
-    times ``φ'(f)`` with ``keep_activation_mask``; the plain gradient at calls without a rule.
+    times ``φ'(f)`` with ``keep_activation_mask``; the plain gradient at calls without a rule. ``W``
+    is per channel, per position, or predicted per position from ``f − f_ref``
+    (:func:`~pyexplain.core.rule_predictor.predicted_weight`).
     """
 
     def __init__(self, node: str, inputs: Sequence[str], index: int, kind: str, low: float = 0.0,
@@ -116,20 +119,32 @@ class Activation(Step):
         self.low, self.high, self.negative_slope = low, high, negative_slope
         self.register_buffer("rule_weight", None)
         self.register_buffer("rule_reference", None)
+        for key in PREDICTOR_KEYS:
+            self.register_buffer(f"rule_predictor_{key}", None)
         self.rule_variant, self.rule_keeps_gate = "feature", False
 
     def set_channel_rule(self, weight: Tensor, reference: Tensor, variant: str = "feature",
-                         keep_activation_mask: bool = False) -> None:
+                         keep_activation_mask: bool = False, predictor: dict[str, Tensor] | None = None) -> None:
         """Freeze an LPR rule: ``weight`` per channel ``[C]`` (or per position: the activation's shape
-        without batch) and ``reference``, the reference image's activation input ``[1, ...]``."""
+        without batch) and ``reference``, the reference image's activation input ``[1, ...]``; with
+        ``predictor`` (per-channel ``weight`` only), ``W`` is predicted from ``f − reference``."""
         shape = reference.shape[1:]
         if weight.numel() == shape[0]:
             weight = weight.reshape(1, shape[0], *([1] * (len(shape) - 1)))
         else:
             weight = weight.reshape(1, *shape)
         self.rule_weight = weight.detach().to(reference).clone()
-        self.rule_reference = reference.detach().clone() if variant == "feature" else None
+        self.rule_reference = reference.detach().clone() if variant == "feature" or predictor else None
+        for key in PREDICTOR_KEYS:
+            setattr(self, f"rule_predictor_{key}", None if predictor is None else predictor[key].detach().to(reference).clone())
         self.rule_variant, self.rule_keeps_gate = variant, keep_activation_mask
+
+    def _rule_weight(self, f: Tensor) -> Tensor:
+        """``W`` at the activation inputs ``f``: the frozen tensor, or the predictor's output."""
+        if self.rule_predictor_scale is None:
+            return self.rule_weight
+        predictor = {key: getattr(self, f"rule_predictor_{key}") for key in PREDICTOR_KEYS}
+        return predicted_weight(f - self.rule_reference, self.rule_weight.flatten(), predictor)
 
     def run(self, x: Tensor) -> tuple[Tensor, Any]:
         if self.kind == "relu":
@@ -151,10 +166,11 @@ class Activation(Step):
         if rule == "deconvnet":
             return (g.clamp(min=0),)
         if rule == "lpr" and self.rule_weight is not None:
+            weight = self._rule_weight(saved)
             if self.rule_variant == "gradient":
-                g_in = torch.tanh(self.rule_weight * g)
+                g_in = torch.tanh(weight * g)
             else:
-                g_in = plugin_rule(g, saved, self.rule_reference, self.rule_weight)
+                g_in = plugin_rule(g, saved, self.rule_reference, weight)
             return (self._gate(g_in, saved) if self.rule_keeps_gate else g_in,)
         return (self._gate(g, saved),)
 

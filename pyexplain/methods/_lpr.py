@@ -297,6 +297,31 @@ def row_losses(model: nn.Module, x: Tensor, attribution: Tensor, target: Tensor,
     return lp + ln + config.lam * lm, mp, mn
 
 
+#: The removal budgets of :func:`deletion_losses`: 1 % to 5 % of the pixels, MoRF's range (SPEC §6).
+DELETION_FRACTIONS = (0.01, 0.02, 0.03, 0.04, 0.05)
+
+
+def deletion_losses(model: nn.Module, x: Tensor, attribution: Tensor, target: Tensor, clean_scores: Tensor, score,
+                    fractions: tuple[float, ...] = DELETION_FRACTIONS, temperature: float = 0.05) -> Tensor:
+    """Per-row soft MoRF curve (amortized LPR's ``objective="deletion"``, beyond the paper):
+
+        L = mean_k F_t(I ⊙ (1 − M_k)) / |F_t(I)|,    M_k = σ((â − q_k) / τ)
+
+    with ``â = a / max|a|`` the channel-summed map scaled per image, ``q_k`` its value at rank
+    ``k·H·W`` (a constant: the top ``k`` of the pixels are removed, softly) and ``τ = temperature``.
+    The removed pixels go to 0, MoRF's reference. One pass of ``N·len(fractions)`` rows; ``[N]``."""
+    n, budgets = x.shape[0], len(fractions)
+    a = attribution.sum(1).flatten(1)
+    a = a / a.abs().amax(1, keepdim=True).clamp_min(1e-12)
+    ranked = a.detach().sort(1, descending=True).values
+    ranks = torch.tensor([max(round(k * a.shape[1]) - 1, 0) for k in fractions], device=a.device)
+    thresholds = ranked[:, ranks]  # [N, budgets]
+    keep = 1 - torch.sigmoid((a[:, None] - thresholds[..., None]) / temperature)  # [N, budgets, H·W]
+    removed = x.detach()[:, None] * keep.view(n, budgets, 1, *x.shape[-2:])
+    scores = target_scores(model(removed.flatten(0, 1)), target.repeat_interleave(budgets), score).view(n, budgets)
+    return (scores / clean_scores.detach().abs().clamp_min(1e-6)[:, None]).mean(1)
+
+
 def initial_weights(sites: list[RuleSite], arch: str, rows: int, init: float, init_std: float, seed: int,
                     dtype: torch.dtype, device: torch.device) -> list[Tensor]:
     """One leaf ``W`` per site: ``init`` plus ``N(0, init_std²)`` noise. Each row draws its noise from

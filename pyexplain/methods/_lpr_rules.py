@@ -1,52 +1,118 @@
-"""Amortized LPR (SPEC §3, beyond the paper): ``arch="channel"`` rules learned over a set of images,
-saved to a file, and used as a fixed rule (1 forward + 1 backward per image).
+"""Amortized LPR (SPEC §3, beyond the paper): rules learned over a set of images, saved to a file,
+and used as a fixed rule (1 forward + 1 backward per image).
+
+Two rule families: ``"channel"`` (one ``W_c`` per channel and call, the ``arch="channel"`` rule
+shared by all images) and ``"predictor"`` (``W`` predicted at every position from the activation,
+:mod:`pyexplain.core.rule_predictor`). Two objectives: ``"lpr"``, the paper's sign-aware masking loss
+(SPEC §3 step 5), and ``"deletion"``, a soft MoRF curve (:func:`~pyexplain.methods._lpr.deletion_losses`).
 
 A rules file is a plain dict readable by ``torch.load(weights_only=True)``: format tag and version,
-the model name, the rule settings (variant, reference, keep_activation_mask, head), one record per
-ruled activation call (kind, module, per-row shape) and one weight vector ``[C]`` per call.
+the model name, the rule settings (variant, reference, keep_activation_mask, head, family,
+objective), one record per ruled activation call (kind, module, per-row shape), one weight vector
+``b`` ``[C]`` per call (``weights``) and, for the predictor family, one dict of predictor tensors
+per call (``predictors``). Version 1 files (channel rules, LPR objective) are still read.
 """
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..api import eval_mode
+from ..core.rule_predictor import PREDICTOR_KEYS, check_predictor, predicted_weight
 from ..core.targets import Targets, target_scores
 from ..errors import PyExplainError
 from ..io import atomic_write
-from ._lpr import LossConfig, RuleGraph, RuleSite, reference_activations, row_losses
+from ._lpr import LossConfig, RuleGraph, RuleSite, check_choice, deletion_losses, reference_activations, row_losses
 
 FORMAT = "pyexplain-lpr-rules"
-VERSION = 1
+VERSION = 2
+FAMILIES = ("channel", "predictor")
+OBJECTIVES = ("lpr", "deletion")
 _SETTINGS = ("variant", "reference", "keep_activation_mask", "head")
 
 
-def _channel_view(weight: Tensor, site: RuleSite) -> Tensor:
-    """A stored ``[C]`` vector shaped to broadcast over ``site``'s activation ``[N, C, ...]``."""
-    return weight.reshape(site.shape("channel", 1)).to(site.shift.device, site.shift.dtype)
+class _RuleParameters:
+    """The fitted tensors: ``b`` ``[C]`` per call, and for the predictor family ``a``, ``U``, ``D``
+    (learned) and ``s`` (fixed) per call. :meth:`leaves` is the optimizer's parameter order."""
+
+    def __init__(self, biases: list[Tensor], predictors: list[dict[str, Tensor]] | None) -> None:
+        self.biases, self.predictors = biases, predictors
+
+    @classmethod
+    def initial(cls, sites: list[RuleSite], init: float, scales: list[Tensor] | None, rank: int,
+                seed: int) -> "_RuleParameters":
+        """``b = init``; with ``scales`` (the predictor family's ``s`` per site) predictors that start
+        as the channel rule (``a = U = 0``), with ``D`` seeded ``N(0, 1/C)``."""
+        like = sites[0].shift
+        biases = [torch.full((s.call.shape[1],), float(init), dtype=like.dtype, device=like.device, requires_grad=True)
+                  for s in sites]
+        if scales is None:
+            return cls(biases, None)
+        generator = torch.Generator().manual_seed(seed)
+        predictors = []
+        for site, scale in zip(sites, scales, strict=True):
+            channels = site.call.shape[1]
+            down = torch.randn(rank, channels, generator=generator, dtype=like.dtype) / math.sqrt(channels)
+            predictors.append({
+                "self": like.new_zeros(channels).requires_grad_(True),
+                "up": like.new_zeros(channels, rank).requires_grad_(True),
+                "down": down.to(like.device).requires_grad_(True),
+                "scale": scale.clamp_min(1e-6),
+            })
+        return cls(biases, predictors)
+
+    @classmethod
+    def stored(cls, rules: dict[str, Any], like: Tensor) -> "_RuleParameters":
+        """The tensors of a rules dict, as leaves on ``like``'s device and dtype."""
+        biases = [w.to(like).clone().requires_grad_(True) for w in rules["weights"]]
+        predictors = rules.get("predictors")
+        if predictors is None:
+            return cls(biases, None)
+        return cls(biases, [{k: p[k].to(like).clone().requires_grad_(k != "scale") for k in PREDICTOR_KEYS}
+                            for p in predictors])
+
+    def leaves(self) -> list[Tensor]:
+        learned = [p[k] for p in self.predictors or [] for k in ("self", "up", "down")]
+        return self.biases + learned
+
+    def weights(self, sites: list[RuleSite]) -> list[Tensor]:
+        """Each site's ``W`` for its current activations."""
+        predictors = self.predictors or [None] * len(self.biases)
+        return [predicted_weight(site.shift, b, p) for site, b, p in zip(sites, self.biases, predictors, strict=True)]
+
+    def as_dict(self) -> dict[str, Any]:
+        """``weights`` and (predictor family) ``predictors``, detached copies on the CPU."""
+        out: dict[str, Any] = {"weights": [b.detach().cpu().clone() for b in self.biases]}
+        if self.predictors is not None:
+            out["predictors"] = [{k: p[k].detach().cpu().clone() for k in PREDICTOR_KEYS} for p in self.predictors]
+        return out
 
 
 def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterations: int = 50, lr: float = 0.2,
               config: LossConfig = LossConfig(), variant: str = "feature", reference: bool = False,
-              keep_activation_mask: bool = True, head: bool = False, init: float = 20.0, batch_size: int = 8,
-              progress: bool = False, resume: dict[str, Any] | None = None, validation: Tensor | None = None,
+              keep_activation_mask: bool = True, head: bool = False, init: float = 20.0, family: str = "channel",
+              rank: int = 4, objective: str = "lpr", seed: int = 0, batch_size: int = 8, progress: bool = False,
+              resume: dict[str, Any] | None = None, validation: Tensor | None = None,
               validate_every: int = 10) -> dict[str, Any]:
-    """Learn one channel rule per activation call shared by all ``images`` (each explained for its
-    top-1 class): Adam on the mean per-image LPR loss. With more than ``batch_size`` images the clean
+    """Learn rules for every activation call shared by all ``images`` (each explained for its top-1
+    class): Adam on the mean per-image ``objective``. With more than ``batch_size`` images the clean
     forward passes are recomputed per chunk and iteration (bounded memory); otherwise kept.
 
     Defaults (measured in ``benchmarks/RESULTS.md``, amortized LPR): the masked rule without reference,
-    ``φ'(f)·tanh(W_c·f)``, starting at ``W = 20``, where it is the plain gradient but for the weakest
-    activations; the fit then learns which channels to damp or flip. On held-out synthetic images this
-    beats Grad×Input's MoRF and insertion; the paper's setting (reference, ungated, ``W = 1``) does not.
+    ``φ'(f)·tanh(W·f)``, starting at ``W = 20``, where it is the plain gradient but for the weakest
+    activations; the fit then learns which channels (``family="channel"``) or which activation
+    patterns (``family="predictor"``, rank ``rank``, ``D`` seeded by ``seed``) to damp or flip.
+    ``objective="lpr"`` is the paper's loss; ``"deletion"`` the soft MoRF curve.
 
-    ``resume``: a rules dict written by an earlier fit; its weights, Adam state and rule settings are
+    ``resume``: a rules dict written by an earlier fit; its tensors, Adam state and rule settings are
     taken up (the settings passed here are ignored) and ``iterations`` more steps run, so a fit of
     ``a + b`` steps equals one of ``a`` resumed for ``b``. ``validation``: held-out images whose MoRF
     AUC (SPEC §6, top-1 class) with the current rules is measured every ``validate_every`` steps and
@@ -55,8 +121,15 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
         resume = check_rules(resume, "the rules to resume")
         variant, reference = resume["variant"], bool(resume["reference"])
         keep_activation_mask, head = bool(resume["keep_activation_mask"]), bool(resume["head"])
+        family, objective = resume["family"], resume["objective"]
+    check_choice("family", family, FAMILIES)
+    check_choice("objective", objective, OBJECTIVES)
+    if family == "predictor" and not (isinstance(rank, int) and rank >= 1):
+        raise PyExplainError(f"the predictor's rank must be a positive integer, got {rank!r}")
     images = images.detach()
     chunks = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
+    settings = {"variant": variant, "reference": bool(reference), "keep_activation_mask": bool(keep_activation_mask),
+                "head": bool(head), "family": family, "objective": objective}
     with eval_mode(model):
         f_ref = reference_activations(model, images, head) if reference else None
 
@@ -70,46 +143,54 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
         calls = [site.call for site in kept[0].sites]
         if resume is not None:
             _check_match(resume, kept[0].sites)
+            parameters = _RuleParameters.stored(resume, images)
+        else:
+            scales = _activation_scales(itertools.chain([kept], map(build, chunks[1:])), images.shape[0]) \
+                if family == "predictor" else None
+            parameters = _RuleParameters.initial(kept[0].sites, init, scales, rank, seed)
         if len(chunks) > 1:
             kept = None  # rebuilt chunk by chunk
-        weights = [torch.full((call.shape[1],), float(init), dtype=images.dtype, device=images.device,
-                              requires_grad=True) for call in calls]
-        optimizer = torch.optim.Adam(weights, lr=lr)
+        leaves = parameters.leaves()
+        optimizer = torch.optim.Adam(leaves, lr=lr)
         history: list[float] = []
         val_morf: list[list[float]] = []
         done = 0
         if resume is not None:
-            done, history, val_morf = _take_up(resume, weights, optimizer)
+            done, history, val_morf = _take_up(resume, leaves, optimizer)
+
+        def current() -> dict[str, Any]:
+            return {"format": FORMAT, "version": VERSION, **settings, "calls": [{"kind": c.kind} for c in calls],
+                    **parameters.as_dict()}
 
         def validate(step: int) -> None:
             from ..metrics.pixel_flipping import morf
 
-            stored = [w.detach().clone() for w in weights]
-            rules = {"format": FORMAT, "version": VERSION, "variant": variant, "reference": reference,
-                     "keep_activation_mask": keep_activation_mask, "head": head, "weights": stored,
-                     "calls": [{"kind": c.kind} for c in calls]}
-            a = fixed_rule_attribution(model, validation, Targets(None), rules)
+            a = fixed_rule_attribution(model, validation, Targets(None), current())
             val_morf.append([float(step), float(morf(model, validation, a).auc.mean())])
 
         bar = tqdm(range(done, done + iterations), desc="fit-rules", unit="it", disable=not progress,
                    file=sys.stderr, leave=False)
         for step in bar:
             total = 0.0
-            grads = [torch.zeros_like(w) for w in weights]
+            grads = [torch.zeros_like(w) for w in leaves]
             for chunk in chunks:
                 graph, targets = kept or build(chunk)
-                if len(graph.sites) != len(weights):
+                if len(graph.sites) != len(calls):
                     raise PyExplainError("the model's activation calls differ between images; cannot share rules")
-                graph.bind([w.reshape(s.shape("channel", 1)) for w, s in zip(weights, graph.sites)])
                 with torch.enable_grad():
+                    graph.bind(parameters.weights(graph.sites))
                     a = graph.attribution(create_graph=True)
                     clean = target_scores(graph.logits, targets.indices, targets.score)
-                    loss, _, _ = row_losses(model, graph.x, a, targets.indices, clean, targets.score, config)
+                    if objective == "lpr":
+                        loss = row_losses(model, graph.x, a, targets.indices, clean, targets.score, config)[0]
+                    else:
+                        loss = deletion_losses(model, graph.x, a, targets.indices, clean, targets.score)
                     loss = loss.sum() / images.shape[0]
-                    for g, part in zip(grads, torch.autograd.grad(loss, weights)):
-                        g += part
+                    for g, part in zip(grads, torch.autograd.grad(loss, leaves, allow_unused=True)):
+                        if part is not None:
+                            g += part
                 total += float(loss.detach())
-            for w, g in zip(weights, grads):
+            for w, g in zip(leaves, grads):
                 w.grad = g
             optimizer.step()
             history.append(total)
@@ -121,14 +202,24 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
     return {
         "format": FORMAT, "version": VERSION, "model": model_name,
         "input_shape": list(images.shape[1:]), "images": int(images.shape[0]), "iterations": done + int(iterations),
-        "variant": variant, "reference": bool(reference), "keep_activation_mask": bool(keep_activation_mask),
-        "head": bool(head), "loss_history": torch.tensor(history), "val_morf": torch.tensor(val_morf).reshape(-1, 2),
-        "adam": {"step": done + iterations, "exp_avg": [state[i]["exp_avg"].cpu().clone() for i in range(len(weights))],
-                 "exp_avg_sq": [state[i]["exp_avg_sq"].cpu().clone() for i in range(len(weights))]},
+        **settings, "loss_history": torch.tensor(history), "val_morf": torch.tensor(val_morf).reshape(-1, 2),
+        "adam": {"step": done + iterations, "exp_avg": [state[i]["exp_avg"].cpu().clone() for i in range(len(leaves))],
+                 "exp_avg_sq": [state[i]["exp_avg_sq"].cpu().clone() for i in range(len(leaves))]},
         "calls": [{"index": c.index, "kind": c.kind, "module": c.module_name, "shape": list(c.shape[1:])}
                   for c in calls],
-        "weights": [w.detach().cpu().clone() for w in weights],
+        **parameters.as_dict(),
     }
+
+
+def _activation_scales(graphs: Iterable[tuple[RuleGraph, Targets]], images: int) -> list[Tensor]:
+    """Per site, the mean ``|f − f_ref|`` per channel over all images (the predictor's ``s``)."""
+    totals: list[Tensor] | None = None
+    for graph, _ in graphs:
+        sums = [s.shift.abs().transpose(0, 1).flatten(1).mean(1) * s.shift.shape[0] for s in graph.sites]
+        if totals is not None and len(totals) != len(sums):
+            raise PyExplainError("the model's activation calls differ between images; cannot share rules")
+        totals = sums if totals is None else [t + u for t, u in zip(totals, sums)]
+    return [t / images for t in totals]
 
 
 def save_rules(rules: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -151,32 +242,40 @@ def load_rules(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_rules(rules: Any, source: str = "rules") -> dict[str, Any]:
+    """``rules`` checked (format, version, shapes, finite values), as a dict with every setting: a
+    version 1 file gets ``family="channel"``, ``objective="lpr"``."""
     if not isinstance(rules, dict) or rules.get("format") != FORMAT:
         raise PyExplainError(f"{source} is not a pyexplain LPR rules file (made by `pyexplain fit-rules`)")
-    if rules.get("version") != VERSION:
-        raise PyExplainError(f"{source} has rules format version {rules.get('version')!r}; this pyexplain reads {VERSION}")
-    calls, weights = rules.get("calls"), rules.get("weights")
+    if rules.get("version") not in (1, VERSION):
+        raise PyExplainError(f"{source} has rules format version {rules.get('version')!r}; this pyexplain reads 1 to {VERSION}")
+    if rules["version"] == 1:
+        rules = {**rules, "family": "channel", "objective": "lpr"}
+    calls, weights, predictors = rules.get("calls"), rules.get("weights"), rules.get("predictors")
     if (not isinstance(calls, list) or not isinstance(weights, list) or len(calls) != len(weights)
             or not all(isinstance(w, Tensor) and w.ndim == 1 and torch.isfinite(w).all() for w in weights)
-            or any(key not in rules for key in _SETTINGS)):
-        raise PyExplainError(f"{source} is a damaged LPR rules file (calls, weights or settings missing or malformed)")
+            or any(key not in rules for key in _SETTINGS)
+            or rules.get("family") not in FAMILIES or rules.get("objective") not in OBJECTIVES
+            or (rules["family"] == "channel") != (predictors is None)
+            or (predictors is not None and not (
+                isinstance(predictors, list) and len(predictors) == len(weights)
+                and len({p["up"].shape[-1] for p in predictors if isinstance(p, dict) and isinstance(p.get("up"), Tensor)}) == 1
+                and all(check_predictor(p, w.shape[0]) for p, w in zip(predictors, weights))))):
+        raise PyExplainError(f"{source} is a damaged LPR rules file (calls, weights, predictors or settings missing or malformed)")
     return rules
 
 
-def _take_up(rules: dict[str, Any], weights: list[Tensor], optimizer: torch.optim.Adam) -> tuple[int, list[float], list[list[float]]]:
-    """Load a resumed fit's weights and Adam state into ``weights``/``optimizer``; returns the steps done
-    and the loss and validation histories so far."""
+def _take_up(rules: dict[str, Any], leaves: list[Tensor], optimizer: torch.optim.Adam) -> tuple[int, list[float], list[list[float]]]:
+    """Load a resumed fit's Adam state into ``optimizer`` (over ``leaves``, already holding the fitted
+    tensors); returns the steps done and the loss and validation histories so far."""
     adam = rules.get("adam")
     if not (isinstance(adam, dict) and isinstance(adam.get("step"), int)
-            and all(isinstance(adam.get(k), list) and len(adam[k]) == len(weights) for k in ("exp_avg", "exp_avg_sq"))
-            and all(a.shape == w.shape == b.shape for a, b, w in zip(adam["exp_avg"], adam["exp_avg_sq"], weights))):
+            and all(isinstance(adam.get(k), list) and len(adam[k]) == len(leaves) for k in ("exp_avg", "exp_avg_sq"))
+            and all(isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == w.shape == b.shape
+                    for a, b, w in zip(adam["exp_avg"], adam["exp_avg_sq"], leaves))):
         raise PyExplainError("the rules to resume carry no optimizer state (written by an older pyexplain); fit anew")
-    with torch.no_grad():
-        for w, stored in zip(weights, rules["weights"]):
-            w.copy_(stored)
     step = torch.tensor(float(adam["step"]))
     optimizer.load_state_dict({"state": {i: {"step": step.clone(), "exp_avg": a.to(w), "exp_avg_sq": b.to(w)}
-                                         for i, (a, b, w) in enumerate(zip(adam["exp_avg"], adam["exp_avg_sq"], weights))},
+                                         for i, (a, b, w) in enumerate(zip(adam["exp_avg"], adam["exp_avg_sq"], leaves))},
                                "param_groups": optimizer.state_dict()["param_groups"]})
     history = rules.get("loss_history")
     val = rules.get("val_morf")
@@ -199,15 +298,17 @@ def _check_match(rules: dict[str, Any], sites: list[RuleSite]) -> None:
 
 
 def fixed_rule_attribution(model: nn.Module, x: Tensor, targets: Targets, rules: str | os.PathLike | dict) -> Tensor:
-    """``A = ∂_rule F_t/∂I ⊙ I`` with the stored channel rules: 1 forward + 1 backward (plus one
-    single-image reference forward per batch when the rules use the reference)."""
+    """``A = ∂_rule F_t/∂I ⊙ I`` with the stored rules (``W`` per channel, or predicted per position from
+    the activation): 1 forward + 1 backward (plus one single-image reference forward per batch when the
+    rules use the reference)."""
     rules = check_rules(rules) if isinstance(rules, dict) else load_rules(rules)
     head = bool(rules["head"])
     f_ref = reference_activations(model, x, head) if rules["reference"] else None
     graph = RuleGraph.build(model, x, targets, variant=rules["variant"], f_ref=f_ref,
                             keep_activation_mask=bool(rules["keep_activation_mask"]), head=head)
     _check_match(rules, graph.sites)
-    graph.bind([_channel_view(w, s) for w, s in zip(rules["weights"], graph.sites)])
+    predictors = rules.get("predictors") or [None] * len(graph.sites)
+    graph.bind([predicted_weight(site.shift, w, p) for site, w, p in zip(graph.sites, rules["weights"], predictors)])
     return graph.attribution(create_graph=False).detach()
 
 
@@ -217,6 +318,7 @@ def rule_summary(rules: dict[str, Any]) -> str:
     final = f", final loss {float(history[-1]):.4g}" if isinstance(history, Tensor) and history.numel() else ""
     if isinstance(val, Tensor) and val.numel():
         final += f", held-out MoRF AUC {float(val[-1, 1]):.4g}"
-    return (f"{len(rules['weights'])} channel rules for {rules.get('model') or 'a model'} over {rules.get('images')} "
+    kind = "channel" if rules.get("family", "channel") == "channel" else f"rank-{rules['predictors'][0]['up'].shape[1]} predictor"
+    return (f"{len(rules['weights'])} {kind} rules for {rules.get('model') or 'a model'} over {rules.get('images')} "
             f"images, {rules.get('iterations')} iterations{final}")
 
