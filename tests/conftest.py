@@ -9,6 +9,7 @@ import torch
 import pyexplain
 from pyexplain.io import builtin_image
 
+from lpr_models import tiny
 from model_support import randomize_batchnorm
 
 # Tests never reach the internet: no weights are downloaded unless a test serves them on 127.0.0.1.
@@ -42,6 +43,18 @@ def resnet18():
 def small_images():
     """Two seeded random images ``[2, 3, 64, 64]`` in normalized space."""
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    """LPR's small residual test network (:func:`lpr_models.tiny`) in float64."""
+    return tiny().double()
+
+
+@pytest.fixture(scope="module")
+def images64():
+    """Three seeded float64 images ``[3, 3, 16, 16]`` for :func:`tiny64`."""
+    return torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 
 @pytest.fixture

@@ -30,16 +30,6 @@ from lpr_models import other_tiny, tiny  # noqa: E402
 from lpr_naive import lpr_naive  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny64():
-    return tiny().double()
-
-
-@pytest.fixture(scope="module")
-def images64():
-    return torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-
-
 def _derivative_weights(graph: RuleGraph, keep_activation_mask: bool) -> list[torch.Tensor]:
     """``W`` making each rule exactly the activation's own derivative (in float64, tanh(20) == 1):
     ``tanh(W f) = 1[φ'(f) = 1]``, or with the activation mask ``tanh(W f)·φ'(f) = φ'(f)``."""
