@@ -37,7 +37,7 @@ def training_table() -> list[str]:
                 holder["model"] = pyexplain.load_model(name)[0]
 
             m = measure(train, repeats=1, warmup=0)
-            model, preprocess = holder["model"], pyexplain.load_model(name)[1]
+            model = holder["model"]
             if name == "digits_cnn":
                 from pyexplain.data.digits import digits_splits
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from torchvision.models import get_model
 
 import pyexplain

@@ -22,7 +22,6 @@ from pyexplain.methods._lpr_rules import check_rules, fit_rules, load_rules
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 from cli_support import run_cli  # noqa: E402
-from lpr_models import tiny  # noqa: E402
 
 
 def test_predicted_weight_by_hand():

@@ -9,7 +9,6 @@ import math
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import get_model
 

@@ -34,7 +34,6 @@ def blur_ig(
     check_positive("steps", steps, integer=True)
     t = targets.resolve_with(model, x)
     sigmas = [max_sigma * i / steps for i in range(steps + 1)]
-    n = x.shape[0]
     per_batch = per_pass(internal_batch_size, x)
     total = torch.zeros_like(x)
     starts = range(0, steps, per_batch)
