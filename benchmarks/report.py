@@ -363,8 +363,9 @@ class Report:
 #: The LPR section's studies: each script's command line (run from the repository root) and its arguments.
 LPR_STUDIES = (
     ("lpr_stability.py", ["--settings", "paper,masked_lr0.2,default,dmbp"]),
-    ("lpr_localization.py", ["--n", "16"]),
-    ("lpr_amortized.py", ["--fit", "32", "--n", "16", "--iterations", "30"]),
+    ("lpr_localization.py", ["--n", "64"]),
+    ("lpr_amortized.py", ["--fit", "512", "--n", "64", "--iterations", "30"]),
+    ("lpr_amortized.py", ["--photos", "--views", "7", "--iterations", "20", "--batch-size", "8", "--configs", "0,1,2"]),
 )
 
 
@@ -375,7 +376,8 @@ def lpr_section(report: Report) -> str:
     here = Path(__file__).resolve().parent
     parts = ["## LPR: stability, localization, generalization\n\n"
              "Per-image LPR with the paper's settings (ungated rule, lr 0.2), the masked rule at lr 0.2, and the "
-             "defaults (masked rule, lr 0.007); DMBP's defaults; amortized channel rules on fit and held-out images; "
+             "defaults (masked rule, lr 0.007); DMBP's defaults; amortized rules (channel and predictor families, LPR "
+             "and deletion objectives) on held-out images; "
              "against Grad×Input, IG and SmoothGrad². Why the defaults changed: `benchmarks/RESULTS.md` (LPR).\n"]
     for script, arguments in LPR_STUDIES:
         output = subprocess.run([sys.executable, str(here / script), *arguments], check=True, capture_output=True,
