@@ -106,7 +106,8 @@ def fit_rules_command(
                 if val else None)
     config = LossConfig(**{k: options[k] for k in _LOSS_KEYS if k in options})
     rules = fit_rules(net, x, model_name=model, iterations=iterations, lr=lr, config=config, batch_size=batch_size,
-                      family=family, rank=rank, objective=objective, seed=seed, progress=True, resume=earlier, validation=held_out, validate_every=val_every,
+                      family=family, rank=rank, objective=objective, seed=seed, progress=True, resume=earlier,
+                      validation=held_out, validate_every=val_every,
                       **{k: options[k] for k in _RULE_KEYS if k in options})
     save_rules(rules, out)
     print(f"{out}: {rule_summary(rules)}", file=sys.stderr)

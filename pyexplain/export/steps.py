@@ -134,9 +134,10 @@ class Activation(Step):
         else:
             weight = weight.reshape(1, *shape)
         self.rule_weight = weight.detach().to(reference).clone()
-        self.rule_reference = reference.detach().clone() if variant == "feature" or predictor else None
+        self.rule_reference = reference.detach().clone() if variant == "feature" or predictor is not None else None
         for key in PREDICTOR_KEYS:
-            setattr(self, f"rule_predictor_{key}", None if predictor is None else predictor[key].detach().to(reference).clone())
+            value = None if predictor is None else predictor[key].detach().to(reference).clone()
+            setattr(self, f"rule_predictor_{key}", value)
         self.rule_variant, self.rule_keeps_gate = variant, keep_activation_mask
 
     def _rule_weight(self, f: Tensor) -> Tensor:
