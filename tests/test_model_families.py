@@ -56,7 +56,7 @@ def test_against_captum(name, layer):
     target = model(x).argmax(1)
     assert default_cam_layer(model, x) == layer
     ours = pyexplain.explain(model, x, "gradxinput", target=target.tolist()).attribution
-    theirs = InputXGradient(model).attribute(x.clone(), target=target)
+    theirs = InputXGradient(model).attribute(x.clone(), target=target).detach()
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12 * float(theirs.abs().max()))
     cam = gradcam_map(model, x, Targets(target), None)
     theirs = LayerGradCam(model, model.get_submodule(layer)).attribute(x, target=target, relu_attributions=True)[:, 0]
