@@ -59,7 +59,7 @@ def test_against_captum(name, layer):
     theirs = InputXGradient(model).attribute(x.clone(), target=target).detach()
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12 * float(theirs.abs().max()))
     cam = gradcam_map(model, x, Targets(target), None)
-    theirs = LayerGradCam(model, model.get_submodule(layer)).attribute(x, target=target, relu_attributions=True)[:, 0]
+    theirs = LayerGradCam(model, model.get_submodule(layer)).attribute(x, target=target, relu_attributions=True)[:, 0].detach()
     torch.testing.assert_close(cam, theirs, rtol=1e-9, atol=1e-12 * float(theirs.abs().max()))
 
 
