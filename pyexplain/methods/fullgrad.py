@@ -112,13 +112,11 @@ class _Magnitudes:
     weights: list[Tensor] = field(default_factory=list)  # w_s, [C_s]
     channel_sums: list[Tensor] = field(default_factory=list)  # Σ_c w_c m_c, [N, H_s, W_s]
 
-    def add(self, magnitude: Tensor, weight: Tensor | None = None) -> None:
-        """One term ``|t| = weight ⊙ magnitude`` (``weight`` None: ones)."""
-        if weight is None:
-            weight, channel_sum = magnitude.new_ones(magnitude.shape[1]), magnitude.sum(1)
-        else:
-            channel_sum = torch.matmul(weight, magnitude.flatten(2)).view(magnitude.shape[0], *magnitude.shape[2:])
-        self.add_reduced(weight, magnitude.amin((2, 3)), magnitude.amax((2, 3)), channel_sum)
+    def add(self, term: Tensor) -> None:
+        """One term ``t`` not written with a per-channel weight (``m = |t|``, ``w = 1``), reduced by the
+        pure-PyTorch :func:`pyexplain.ops.abs_channel_stats_fallback`."""
+        weight = term.new_ones(term.shape[1])
+        self.add_reduced(weight, *ops.abs_channel_stats_fallback(term, weight))
 
     def add_reduced(self, weight: Tensor, low: Tensor, high: Tensor, channel_sum: Tensor) -> None:
         """One term already reduced: ``w``, the extremes of ``m`` and ``Σ_c w_c m_c``."""
@@ -175,7 +173,7 @@ def _term_reducer(site: BiasSite, magnitudes: _Magnitudes) -> Callable[[Tensor],
         weight = site.output.new_full((site.output.shape[1],), high)
         threshold = _below(high, site.reference.dtype)  # f ≥ high iff the reference is above _below(high)
         return lambda grad: magnitudes.add_reduced(weight, *ops.abs_channel_stats(grad, weight, site.reference, threshold))
-    return lambda grad: magnitudes.add((grad * site.bias).abs_())
+    return lambda grad: magnitudes.add(grad * site.bias)
 
 
 def _saliency(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
@@ -190,7 +188,7 @@ def _saliency(model: nn.Module, x: Tensor, targets: Targets) -> Tensor:
 
     with _bias_sites(model, x, targets, reduce_term) as (leaf, _, score):
         (input_grad,) = torch.autograd.grad(score, leaf)
-    magnitudes.add(torch.mul(input_grad, x).abs_())
+    magnitudes.add(torch.mul(input_grad, x))
     return magnitudes.saliency(tuple(x.shape[-2:]))
 
 
