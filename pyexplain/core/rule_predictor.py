@@ -36,15 +36,14 @@ def predicted_weight(shift: Tensor, bias: Tensor, predictor: dict[str, Tensor] |
     return weight + channel_view(predictor["self"], shift) * u + mixed.movedim(last, 1)
 
 
-def check_predictor(predictor: object, channels: int, rank: int | None = None) -> bool:
-    """Whether ``predictor`` is a dict of finite tensors with the shapes of a ``channels``-channel predictor."""
+def check_predictor(predictor: object, channels: int, rank: int) -> bool:
+    """Whether ``predictor`` is a dict of finite tensors with the shapes of a rank-``rank``,
+    ``channels``-channel predictor, with a positive scale."""
     import torch
 
     if not isinstance(predictor, dict) or not all(isinstance(predictor.get(k), Tensor) for k in PREDICTOR_KEYS):
         return False
-    up, down = predictor["up"], predictor["down"]
-    rank = up.shape[1] if rank is None and up.ndim == 2 else rank
     shapes_ok = (predictor["self"].shape == predictor["scale"].shape == (channels,)
-                 and up.shape == (channels, rank) and down.shape == (rank, channels))
+                 and predictor["up"].shape == (channels, rank) and predictor["down"].shape == (rank, channels))
     return shapes_ok and all(bool(torch.isfinite(predictor[k]).all()) for k in PREDICTOR_KEYS) and bool(
         (predictor["scale"] > 0).all())

@@ -256,12 +256,20 @@ def check_rules(rules: Any, source: str = "rules") -> dict[str, Any]:
             or any(key not in rules for key in _SETTINGS)
             or rules.get("family") not in FAMILIES or rules.get("objective") not in OBJECTIVES
             or (rules["family"] == "channel") != (predictors is None)
-            or (predictors is not None and not (
-                isinstance(predictors, list) and len(predictors) == len(weights)
-                and len({p["up"].shape[-1] for p in predictors if isinstance(p, dict) and isinstance(p.get("up"), Tensor)}) == 1
-                and all(check_predictor(p, w.shape[0]) for p, w in zip(predictors, weights))))):
+            or (predictors is not None and not _predictors_match(predictors, weights))):
         raise PyExplainError(f"{source} is a damaged LPR rules file (calls, weights, predictors or settings missing or malformed)")
     return rules
+
+
+def _predictors_match(predictors: Any, weights: list[Tensor]) -> bool:
+    """Whether ``predictors`` holds one well-formed predictor per weight vector, all of one rank (the
+    first one's)."""
+    if not (isinstance(predictors, list) and len(predictors) == len(weights) and predictors
+            and isinstance(predictors[0], dict) and isinstance(predictors[0].get("up"), Tensor)
+            and predictors[0]["up"].ndim == 2):
+        return False
+    rank = predictors[0]["up"].shape[1]
+    return all(check_predictor(p, w.shape[0], rank) for p, w in zip(predictors, weights))
 
 
 def _take_up(rules: dict[str, Any], leaves: list[Tensor], optimizer: torch.optim.Adam) -> tuple[int, list[float], list[list[float]]]:
