@@ -1,20 +1,19 @@
-"""ε-LRP with and without reusing the BatchNorm-folded model (1 thread, thread CPU time).
+"""ε-LRP's BatchNorm fold: what a call pays for it (1 thread, thread CPU time).
 
-Interleaves, per round: ``fold`` (``canonize.fold_batchnorm`` alone), ``lrp`` (``lrp_epsilon`` as
-shipped: it folds on every call), ``lrp_reuse`` (LRP on a fold made before timing: the best a
-cache can do) and ``lrp_deepcopy_fold`` (a fold of a deep copy per call: the cost of the earlier,
-copying fold that needed a cache). Reports the fastest of the rounds and ratios to ``lrp_reuse``.
+Interleaves, per round: ``trace`` (``canonize.fold_batchnorm``: trace, fold and weight scaling, what
+a call paid before the trace was kept), ``refresh`` (the weight scaling alone, what a call pays now
+besides the structure key), ``lrp`` (``lrp_epsilon`` as shipped: kept trace, weights refreshed) and
+``reuse`` (LRP on a fold made before timing, ``fold_batchnorm=False``: the floor). Reports the fastest
+of the rounds, and ratios to one forward pass.
 
-    PYTHONPATH=$PWD python benchmarks/bench_lrp_fold.py [--rounds 3] [--size 224]
+    PYTHONPATH=$PWD python benchmarks/bench_lrp_fold.py [--rounds 5] [--models efficientnet_lite0,resnet50]
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
-from torchvision.models import get_model
 
 import pyexplain
 from pyexplain.core import canonize
@@ -28,36 +27,39 @@ def _thread_seconds(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--models", default="efficientnet_lite0,vgg16,resnet50")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x = torch.randn(1, 3, args.size, args.size)
-    print("model,fold_s,lrp_s,lrp_reuse_s,lrp_deepcopy_fold_s,lrp/reuse,deepcopy_fold/reuse")
-    for name in ("vgg16", "resnet50"):
-        model = get_model(name, weights=None).eval()
+    print("| model | forward (s) | trace+fold (s) | refresh (s) | lrp_epsilon (s) | on a prepared fold (s) "
+          "| lrp × forward | prepared × forward |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        model, _ = pyexplain.load_model(name, random_weights=name != "efficientnet_lite0")
         prepared = canonize.fold_batchnorm(model)
-
-        def shipped():
-            pyexplain.explain(model, x, "lrp_epsilon", target=0)
-
-        def deepcopy_fold():
-            pyexplain.explain(canonize.fold_batchnorm(copy.deepcopy(model)), x, "lrp_epsilon", target=0,
-                              fold_batchnorm=False)
-
-        def reuse():
-            pyexplain.explain(prepared, x, "lrp_epsilon", target=0, fold_batchnorm=False)
-
-        candidates = {"fold": lambda: canonize.fold_batchnorm(model), "lrp": shipped, "reuse": reuse,
-                      "deepcopy": deepcopy_fold}
+        kept = canonize.BatchNormFold(model)
+        candidates = {
+            "forward": lambda: model(x),
+            "trace": lambda: canonize.fold_batchnorm(model),
+            "refresh": kept.refresh,
+            "lrp": lambda: pyexplain.explain(model, x, "lrp_epsilon", target=0),
+            "reuse": lambda: pyexplain.explain(prepared, x, "lrp_epsilon", target=0, fold_batchnorm=False),
+        }
         best = {k: float("inf") for k in candidates}
-        reuse()
-        for _ in range(args.rounds):
-            for key, fn in candidates.items():
-                best[key] = min(best[key], _thread_seconds(fn))
-        print(f"{name},{best['fold']:.3f},{best['lrp']:.3f},{best['reuse']:.3f},{best['deepcopy']:.3f},"
-              f"{best['lrp'] / best['reuse']:.3f},{best['deepcopy'] / best['reuse']:.3f}", flush=True)
+        with torch.no_grad():
+            model(x)
+        candidates["lrp"]()
+        for round_ in range(args.rounds):
+            order = list(candidates.items())
+            for key, fn in order if round_ % 2 == 0 else reversed(order):
+                with torch.no_grad() if key == "forward" else torch.enable_grad():
+                    best[key] = min(best[key], _thread_seconds(fn))
+        fwd = best["forward"]
+        print(f"| {name} | {fwd:.3f} | {best['trace']:.3f} | {best['refresh']:.3f} | {best['lrp']:.3f} | "
+              f"{best['reuse']:.3f} | {best['lrp'] / fwd:.2f} | {best['reuse'] / fwd:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

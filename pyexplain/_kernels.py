@@ -22,6 +22,8 @@ Anything else goes to the pure-PyTorch fallback in :mod:`pyexplain.ops`.
 
 ``abs_channel_stats`` (FullGrad's per-site reduction) is a plain computation without autograd: it
 runs in backward hooks on gradients that need none. :func:`stats_supported` says which calls it takes.
+So are ε-LRP's ``epsilon_divide`` and ``proportional_split``, run inside custom backward functions
+(:func:`elementwise_supported`).
 """
 from __future__ import annotations
 
@@ -229,3 +231,30 @@ def abs_channel_stats(g: Tensor, weight: Tensor, reference: Tensor | None,
     in one pass over ``g`` (arguments already checked by :func:`stats_supported`); not differentiable."""
     low, high, total = _C.abs_channel_stats(g, weight, reference, float(threshold))
     return low, high, total
+
+
+def elementwise_supported(name: str, first: Tensor, *others: Tensor) -> bool:
+    """Whether the one-pass op ``name`` (``epsilon_divide``, ``proportional_split``) takes these
+    arguments (and the loaded extension has it): contiguous CPU float32/float64 tensors of one dtype
+    and shape, none to be differentiated (grad mode off, as in a backward pass, or none requiring a
+    gradient): the ops have no autograd."""
+    _ensure_loaded()
+    if getattr(_C, name, None) is None:
+        return False
+    tensors = (first, *others)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.dtype == first.dtype and t.dtype in _CPU_DTYPES and t.device.type == "cpu" and t.shape == first.shape
+               and t.is_contiguous() for t in tensors)
+
+
+def epsilon_divide(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """Fused ``r / (z + ε·s(z))`` (arguments already checked by :func:`elementwise_supported`)."""
+    return _C.epsilon_divide(r, z, float(epsilon))
+
+
+def proportional_split(r: Tensor, a: Tensor, b: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
+    """Fused ``(a·q, b·q)``, ``q = r / (a + b + ε·s(a + b))`` (arguments already checked by
+    :func:`elementwise_supported`)."""
+    out_a, out_b = _C.proportional_split(r, a, b, float(epsilon))
+    return out_a, out_b

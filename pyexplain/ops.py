@@ -5,6 +5,9 @@
   ReLU (``high=inf``) / ReLU6 (``high=6``) gate times a mask (DMBP's σ, Guided Backprop).
 - ``abs_channel_stats(g, weight, reference, threshold)`` — FullGrad's reduction of one bias site's
   gradient (per-channel extremes and weighted channel sum of ``|g|``); CPU only, no autograd.
+- ``epsilon_divide(r, z, ε) = r / (z + ε·s(z))`` and ``proportional_split(r, a, b, ε) = (a·q, b·q)``
+  with ``q = r / (a + b + ε·s(a + b))``, ``s(z) = +1`` for ``z ≥ 0`` (either zero), −1 below — ε-LRP's
+  backward divisions, one pass each instead of five to eight; CPU only, no autograd.
 
 The first two are differentiable in every tensor argument, to second order, so LPR's ``create_graph=True``
 optimization goes through them. When the compiled extension ``pyexplain._C`` is loaded, calls
@@ -170,6 +173,38 @@ def abs_channel_stats_fallback(g: Tensor, weight: Tensor, reference: Tensor | No
     m = g.abs() if reference is None else torch.ops.aten.threshold_backward(g, reference, threshold).abs_()
     total = torch.matmul(weight, m.flatten(2)).view(m.shape[0], *m.shape[2:])
     return m.amin((2, 3)), m.amax((2, 3)), total
+
+
+def epsilon_divide(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """``r / (z + ε·s(z))``, ``s(z) = +1`` for ``z ≥ 0`` (±0 included), −1 for ``z < 0``. The fused kernel
+    (CPU float32/float64, contiguous, equal shapes, no autograd) makes one pass; same operations, same rounding."""
+    if _kernels.elementwise_supported("epsilon_divide", r, z) and _fused("epsilon_divide", r):
+        return _kernels.epsilon_divide(r, z, epsilon)
+    return epsilon_divide_fallback(r, z, epsilon)
+
+
+def epsilon_divide_fallback(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """The pure-PyTorch :func:`epsilon_divide`; ``s(z)`` is ``sign(sign(z) + ½)`` (float kernels only)."""
+    return r / stabilize(z, epsilon)
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + ε·s(z)`` with ``s(z) = sign(sign(z) + ½)``: ±1 exactly, +1 at ±0."""
+    return torch.add(z, torch.sign(z).add_(0.5).sign_(), alpha=epsilon)
+
+
+def proportional_split(r: Tensor, a: Tensor, b: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
+    """``(a·q, b·q)`` with ``q = r / (a + b + ε·s(a + b))``: the relevance ``r`` of ``a + b`` split in
+    proportion to the summands. One pass when fused (as :func:`epsilon_divide`)."""
+    if _kernels.elementwise_supported("proportional_split", r, a, b) and _fused("proportional_split", r):
+        return _kernels.proportional_split(r, a, b, epsilon)
+    return proportional_split_fallback(r, a, b, epsilon)
+
+
+def proportional_split_fallback(r: Tensor, a: Tensor, b: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
+    """The pure-PyTorch :func:`proportional_split`."""
+    q = epsilon_divide_fallback(r, a + b, epsilon)
+    return a * q, b * q
 
 
 def plugin_rule_fallback(g_out: Tensor, f: Tensor, f_ref: Tensor | None, weight: Tensor) -> Tensor:

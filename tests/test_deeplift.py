@@ -88,12 +88,21 @@ def _load_state_dict(model):
     model.load_state_dict(randomize_batchnorm(SmallVGG(), seed=5).double().state_dict())
 
 
+def _flip_through_data(model):
+    model.features[4].weight.data.copy_(model.features[4].weight.data.flip(0))  # same sum, no version bump
+
+
+def _bn_eps(model):
+    model.features[1].eps = 3.0  # a setting, not a tensor
+
+
 def _swap_module(model):
     torch.manual_seed(6)
     model.features[7] = torch.nn.Conv2d(16, 16, 3, padding=1).double()
 
 
-@pytest.mark.parametrize("edit", [_edit_data, _write_into_data, _edit_in_place, _load_state_dict, _swap_module])
+@pytest.mark.parametrize("edit", [_edit_data, _write_into_data, _flip_through_data, _edit_in_place, _bn_eps,
+                                  _load_state_dict, _swap_module])
 def test_cached_reference_follows_model_changes(edit):
     """The constant reference's pass is cached per model; after each kind of change the result equals
     a fresh copy's (which has no cache entry), and differs from the result before the change."""

@@ -107,6 +107,14 @@ def _bn_eps(model):
     model.features[1].eps = 3.0
 
 
+def _flip_through_data(model):
+    model.features[0].weight.data.copy_(model.features[0].weight.data.flip(0))  # same sum, no version bump
+
+
+def _conv_padding(model):
+    model.features[0].padding = (0, 0)  # a folded convolution's setting
+
+
 def _relu_to_identity(model):
     model.features[2] = nn.Identity()
 
@@ -120,8 +128,8 @@ def _load_other_state(model):
     model.load_state_dict(randomize_batchnorm(SmallVGG()).double().state_dict())
 
 
-@pytest.mark.parametrize("edit", [_scale_weight_through_data, _bn_eps, _relu_to_identity, _maxpool_to_avgpool,
-                                  _load_other_state])
+@pytest.mark.parametrize("edit", [_scale_weight_through_data, _flip_through_data, _bn_eps, _conv_padding,
+                                  _relu_to_identity, _maxpool_to_avgpool, _load_other_state])
 def test_lrp_after_a_model_edit_equals_a_fresh_models(edit):
     torch.manual_seed(0)
     model = randomize_batchnorm(SmallVGG()).double().eval()
@@ -132,6 +140,49 @@ def test_lrp_after_a_model_edit_equals_a_fresh_models(edit):
     fresh = pyexplain.explain(copy.deepcopy(model), x, "lrp_epsilon", target=[0, 1]).attribution
     torch.testing.assert_close(after, fresh, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(before, after)
+
+
+class _Switchable(nn.Module):
+    """A model whose forward takes a branch on a plain attribute: a trace records one branch only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2)
+        self.rectify = True
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.fc((y.relu() if self.rectify else y).mean((2, 3)))
+
+
+def test_fold_is_traced_once_per_model_structure(monkeypatch):
+    model = randomize_batchnorm(_Switchable()).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    traces = []
+    real_trace = torch.fx.symbolic_trace
+    monkeypatch.setattr(torch.fx, "symbolic_trace", lambda m: traces.append(m) or real_trace(m))
+    first = pyexplain.explain(model, x, "lrp_epsilon", target=0).attribution
+    torch.testing.assert_close(pyexplain.explain(model, x, "lrp_epsilon", target=0).attribution, first,
+                               rtol=0, atol=0)
+    assert len(traces) == 1  # the second call reused the trace
+    model.rectify = False  # the branch the trace recorded is no longer the model's
+    switched = pyexplain.explain(model, x, "lrp_epsilon", target=0).attribution
+    assert len(traces) == 2
+    fresh = pyexplain.explain(copy.deepcopy(model), x, "lrp_epsilon", target=0).attribution
+    torch.testing.assert_close(switched, fresh, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(switched, first)
+
+
+def test_kept_fold_does_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    model = randomize_batchnorm(_Switchable()).eval()
+    pyexplain.explain(model, torch.randn(1, 3, 8, 8), "lrp_epsilon", target=0)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
 
 
 def test_untraceable_model_needs_fold_batchnorm_false():

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -394,6 +395,59 @@ std::vector<Tensor> abs_channel_stats(const Tensor& g, const Tensor& weight, con
   return {low, high, partial.sum(0).view(sum.sizes())};
 }
 
+// ε-LRP's backward divisions (see epsilon_rule.inc), one pass over contiguous CPU float32/float64
+// tensors of one shape, split across threads in blocks.
+constexpr int64_t PX_ELEMENTWISE_GRAIN = 1 << 15;
+
+void check_same_layout(const char* op, const Tensor& first, std::initializer_list<const Tensor*> others) {
+  const auto dtype = first.scalar_type();
+  TORCH_CHECK(first.is_cpu() && first.is_contiguous() && (dtype == at::kFloat || dtype == at::kDouble),
+              "pyexplain._C: ", op, " takes contiguous float32/float64 CPU tensors");
+  for (const Tensor* t : others) {
+    TORCH_CHECK(t->is_cpu() && t->is_contiguous() && t->scalar_type() == dtype && t->sizes() == first.sizes(),
+                "pyexplain._C: ", op, " takes contiguous CPU tensors of one dtype and shape");
+  }
+}
+
+Tensor epsilon_divide(const Tensor& r, const Tensor& z, double eps) {
+  check_same_layout("epsilon_divide", r, {&z});
+  Tensor out = at::empty_like(r);
+  const bool is_float = r.scalar_type() == at::kFloat;
+  auto kernel = is_float ? px_default::epsilon_divide_float : px_default::epsilon_divide_double;
+#ifdef PX_HAVE_AVX2_BUILD
+  if (use_avx2) kernel = is_float ? px_avx2::epsilon_divide_float : px_avx2::epsilon_divide_double;
+#endif
+  const int64_t size = r.element_size();
+  const char* rp = static_cast<const char*>(r.data_ptr());
+  const char* zp = static_cast<const char*>(z.data_ptr());
+  char* op = static_cast<char*>(out.data_ptr());
+  at::parallel_for(0, r.numel(), PX_ELEMENTWISE_GRAIN, [&](int64_t begin, int64_t end) {
+    kernel(rp + begin * size, zp + begin * size, eps, op + begin * size, end - begin);
+  });
+  return out;
+}
+
+std::vector<Tensor> proportional_split(const Tensor& r, const Tensor& a, const Tensor& b, double eps) {
+  check_same_layout("proportional_split", r, {&a, &b});
+  Tensor out_a = at::empty_like(r), out_b = at::empty_like(r);
+  const bool is_float = r.scalar_type() == at::kFloat;
+  auto kernel = is_float ? px_default::proportional_split_float : px_default::proportional_split_double;
+#ifdef PX_HAVE_AVX2_BUILD
+  if (use_avx2) kernel = is_float ? px_avx2::proportional_split_float : px_avx2::proportional_split_double;
+#endif
+  const int64_t size = r.element_size();
+  const char* rp = static_cast<const char*>(r.data_ptr());
+  const char* ap = static_cast<const char*>(a.data_ptr());
+  const char* bp = static_cast<const char*>(b.data_ptr());
+  char* oa = static_cast<char*>(out_a.data_ptr());
+  char* ob = static_cast<char*>(out_b.data_ptr());
+  at::parallel_for(0, r.numel(), PX_ELEMENTWISE_GRAIN, [&](int64_t begin, int64_t end) {
+    const int64_t offset = begin * size;
+    kernel(rp + offset, ap + offset, bp + offset, eps, oa + offset, ob + offset, end - begin);
+  });
+  return {out_a, out_b};
+}
+
 std::string set_cpu_isa(const std::string& isa) {
   const std::string previous = use_avx2 ? "avx2" : "default";
   TORCH_CHECK(isa == "default" || isa == "avx2", "pyexplain._C: cpu isa is 'default' or 'avx2', got '", isa, "'");
@@ -426,7 +480,8 @@ pybind11::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "pyexplain's fused kernels: LPR's plugin rule, the masked activation backward, FullGrad's channel stats";
+  m.doc() = "pyexplain's fused kernels: LPR's plugin rule, the masked activation backward, FullGrad's channel stats, "
+          "epsilon-LRP's divisions";
   m.def("plugin_forward", &plugin_forward, "g * tanh(w * (f - ref))");
   m.def("plugin_backward", &plugin_backward, "first-order gradients of plugin_forward");
   m.def("plugin_double_backward", &plugin_double_backward, "gradients of plugin_backward");
@@ -435,6 +490,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_double_backward", &masked_double_backward, "gradients of masked_backward");
   m.def("abs_channel_stats", &abs_channel_stats,
         "per-channel min and max over positions, and the weighted channel sum, of |g| (or |g| * 1[ref > t])");
+  m.def("epsilon_divide", &epsilon_divide, "r / (z + eps * s(z)), s(z) = +1 for z >= 0 else -1");
+  m.def("proportional_split", &proportional_split, "(a * q, b * q), q = r / (a + b + eps * s(a + b))");
   m.def("set_cpu_isa", &set_cpu_isa, "select the CPU kernels ('default' or 'avx2'); returns the previous choice");
   m.def("build_info", &build_info, "how this extension was built");
 }

@@ -13,6 +13,7 @@ namespace px_avx2 {
 #include "elementwise.h"
 #include "cpu_kernels.inc"
 #include "channel_stats.inc"
+#include "epsilon_rule.inc"
 }  // namespace px_avx2
 #pragma GCC pop_options
 #endif

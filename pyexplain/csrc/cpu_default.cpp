@@ -8,4 +8,5 @@ namespace px_default {
 #include "elementwise.h"
 #include "cpu_kernels.inc"
 #include "channel_stats.inc"
+#include "epsilon_rule.inc"
 }  // namespace px_default

@@ -10,6 +10,12 @@ void run_cpu_float(const PxLaunch& L);
 void run_cpu_double(const PxLaunch& L);
 void abs_channel_stats_float(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
 void abs_channel_stats_double(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
+void epsilon_divide_float(const void* r, const void* z, double eps, void* out, long long n);
+void epsilon_divide_double(const void* r, const void* z, double eps, void* out, long long n);
+void proportional_split_float(const void* r, const void* a, const void* b, double eps, void* out_a, void* out_b,
+                              long long n);
+void proportional_split_double(const void* r, const void* a, const void* b, double eps, void* out_a, void* out_b,
+                               long long n);
 }  // namespace px_default
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -19,5 +25,11 @@ void run_cpu_float(const PxLaunch& L);
 void run_cpu_double(const PxLaunch& L);
 void abs_channel_stats_float(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
 void abs_channel_stats_double(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
+void epsilon_divide_float(const void* r, const void* z, double eps, void* out, long long n);
+void epsilon_divide_double(const void* r, const void* z, double eps, void* out, long long n);
+void proportional_split_float(const void* r, const void* a, const void* b, double eps, void* out_a, void* out_b,
+                              long long n);
+void proportional_split_double(const void* r, const void* a, const void* b, double eps, void* out_a, void* out_b,
+                               long long n);
 }  // namespace px_avx2
 #endif

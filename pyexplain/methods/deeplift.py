@@ -9,7 +9,6 @@ rescale rule and keep their gradient, so summation-to-delta is exact only for ne
 """
 from __future__ import annotations
 
-import itertools
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.activations import ACTIVATIONS, GATES, ActivationCall, inplace_safe, intercept_activations
+from ..core.model_state import model_state
 from ..core.targets import Targets
 from ..errors import PyExplainError
 from ..registry import register_method
@@ -117,27 +117,6 @@ def _record_reference(model: nn.Module, reference: Tensor) -> ReferencePass:
     with torch.no_grad(), intercept_activations(model, record, handlers, kinds=RESCALED_KINDS):
         model(reference)
     return recorded
-
-
-def _checksums(t: Tensor) -> tuple[float, float]:
-    """Two sums of ``t``'s values, the second over every third one: they change with any edit of the
-    values (``p.data.mul_``, ``fill_``, ``copy_``, ...), including writes that bypass autograd's
-    version counter, at the cost of one pass over the weights (a few per cent of a forward pass)."""
-    flat = t.detach().reshape(-1)
-    return float(flat.sum()), float(flat[::3].sum())
-
-
-def model_state(model: nn.Module) -> tuple:
-    """A key that changes when the model does: its modules (name, identity, type, train flag) and
-    every parameter and buffer (identity, version counter, storage, dtype, device, shape, and
-    :func:`_checksums` of its values).
-
-    Covers ``load_state_dict``, in-place edits with or without ``torch.no_grad()``, writes into and
-    assignments to ``p.data`` and swapped modules."""
-    modules = tuple((name, id(m), type(m), m.training) for name, m in model.named_modules())
-    tensors = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape), _checksums(t))
-                    for t in itertools.chain(model.parameters(), model.buffers()))
-    return modules, tensors
 
 
 #: The last constant reference's pass of each model, with the key it was computed for.

@@ -23,6 +23,7 @@ The output relevance is the target's logit ``z_t`` (``z ⊙ ∂score/∂z`` for 
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -30,35 +31,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.activations import ACTIVATIONS, ActivationCall, intercept_activations, refuse_unsupported
+from .. import ops
 from ..core import canonize
+from ..core.model_state import model_structure
 from ..core.rules import replace_backward
 from ..core.targets import Targets
 from ..errors import PyExplainError
 from ..registry import register_method
 from ._perturb import check_positive
 
-def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + ε·sign(z)`` with ``sign(0) = +1``.
-
-    The sign is ``sign(sign(z) + ½)`` (±1 exactly, +1 at ±0): float kernels only, no boolean mask."""
-    return torch.add(z, torch.sign(z).add_(0.5).sign_(), alpha=epsilon)
-
-
 class _EpsilonRule(torch.autograd.Function):
-    """``fn`` (affine in ``x``) in the forward pass; the ε-rule ``x ⊙ Jᵀ(R / stabilize(z))`` backwards."""
+    """``fn`` (affine in ``x``) in the forward pass; the ε-rule ``x ⊙ Jᵀ(R / (z + ε·s(z)))`` backwards."""
 
     @staticmethod
     def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], epsilon: float) -> Tensor:
         with torch.enable_grad():
             ctx.x = x.detach().requires_grad_(True)
             ctx.z = fn(ctx.x)
-        # Kept apart from the returned output, which a later in-place operation may overwrite.
-        ctx.denominator = stabilize(ctx.z.detach(), epsilon)
+        ctx.epsilon = epsilon
+        # A copy of z, kept apart from the returned output, which a later in-place operation may overwrite.
+        ctx.z_value = ctx.z.detach().clone()
         return ctx.z.detach()
 
     @staticmethod
     def backward(ctx, relevance: Tensor):
-        (contribution,) = torch.autograd.grad(ctx.z, ctx.x, relevance / ctx.denominator)
+        ratio = ops.epsilon_divide(relevance.contiguous(), ctx.z_value, ctx.epsilon)
+        (contribution,) = torch.autograd.grad(ctx.z, ctx.x, ratio)
         return ctx.x.detach() * contribution, None, None
 
 
@@ -74,8 +72,8 @@ class _ProportionalSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance: Tensor):
         a, b = ctx.saved_tensors
-        scaled = relevance / stabilize(a + b, ctx.epsilon)
-        return a * scaled, b * scaled, None
+        share_a, share_b = ops.proportional_split(relevance.contiguous(), a.contiguous(), b.contiguous(), ctx.epsilon)
+        return share_a, share_b, None
 
 
 def _carries_relevance(t: object) -> bool:
@@ -122,15 +120,29 @@ def pass_through_rule(call: ActivationCall, x: Tensor) -> Tensor:
     return replace_backward(call, x, lambda r: r)
 
 
+#: Each model's BatchNorm fold, with the :func:`model_structure` it was traced for.
+_FOLDS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, canonize.BatchNormFold]]" = weakref.WeakKeyDictionary()
+
+
 def folded(model: nn.Module) -> nn.Module:
-    """``canonize.fold_batchnorm(model)``, built afresh on every call: it shares every unfolded layer with
-    ``model`` and costs a trace (under 3% of an LRP call on VGG16/ResNet-50, benchmarks/RESULTS.md), so
-    no cache can return a fold of weights, hyper-parameters or layers the model no longer has."""
+    """``model`` with BatchNorm folded into the preceding convolutions.
+
+    The trace is kept per model and reused while :func:`model_structure` (modules, their settings and
+    train flags, which tensors they hold) is unchanged; the folded weights are recomputed from the
+    live Conv/BN tensors on every call, so no edit of a weight or running statistic can leave a stale
+    fold. The kept fold holds one copy of the folded convolutions' weights while the model lives."""
+    key = model_structure(model)
+    cached = _FOLDS.get(model)
+    if cached is not None and cached[0] == key:
+        cached[1].refresh()
+        return cached[1].module
     try:
-        return canonize.fold_batchnorm(model)
+        fold = canonize.BatchNormFold(model)
     except PyExplainError as exc:
         raise PyExplainError(
             f"{exc}; pass fold_batchnorm=False to apply the ε-rule to BatchNorm as its own layer") from None
+    _FOLDS[model] = (key, fold)
+    return fold.module
 
 
 @register_method(
