@@ -5,6 +5,12 @@
   ReLU (``high=inf``) / ReLU6 (``high=6``) gate times a mask (DMBP's σ, Guided Backprop).
 - ``abs_channel_stats(g, weight, reference, threshold)`` — FullGrad's reduction of one bias site's
   gradient (per-channel extremes and weighted channel sum of ``|g|``); CPU only, no autograd.
+- ``rescale(call, f, f_ref, eps) = (φ(f), m)``, ``m = (φ(f) − φ(f_ref)) / (f − f_ref)`` (``φ'(f)`` where
+  ``|f − f_ref| ≤ eps``) — DeepLIFT's rescale rule for one activation call; fused in one pass for the
+  ReLU family (relu, hardtanh/ReLU6, leaky relu) on CPU, no autograd.
+- ``checksums(tensors) = [(Σ t, Σ t[::3]) for t in tensors]`` — two sums of each tensor's values
+  (DeepLIFT's cache key, :func:`pyexplain.methods.deeplift.model_state`); fused in one pass per
+  tensor and one call for the whole list on CPU (float32/float64/int64, contiguous).
 
 The first two are differentiable in every tensor argument, to second order, so LPR's ``create_graph=True``
 optimization goes through them. When the compiled extension ``pyexplain._C`` is loaded, calls
@@ -25,12 +31,13 @@ import contextlib
 import math
 import os
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from . import _kernels
+from .core.activations import ActivationCall
 from .errors import PyExplainError
 
 _forced_fallback = False
@@ -170,6 +177,48 @@ def abs_channel_stats_fallback(g: Tensor, weight: Tensor, reference: Tensor | No
     m = g.abs() if reference is None else torch.ops.aten.threshold_backward(g, reference, threshold).abs_()
     total = torch.matmul(weight, m.flatten(2)).view(m.shape[0], *m.shape[2:])
     return m.amin((2, 3)), m.amax((2, 3)), total
+
+
+def rescale(call: ActivationCall, f: Tensor, f_ref: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """DeepLIFT's rescale rule for activation ``call`` at input ``f`` against reference input ``f_ref``
+    (shaped like ``f``, or ``[1, ...]`` shared by the batch): ``(φ(f), m)`` with
+    ``m = (φ(f) − φ(f_ref)) / (f − f_ref)`` where ``|f − f_ref| > eps`` and ``m = φ'(f)`` elsewhere
+    (NaN where either input is NaN). The fused kernel (ReLU family, CPU float32/float64, contiguous)
+    reads ``f`` and ``f_ref`` once; other calls run :func:`rescale_fallback`. Neither records autograd."""
+    if _kernels.rescale_supported(call.kind, f, f_ref) and _fused("rescale", f):
+        return _kernels.rescale(call.kind, f, f_ref, call.low, call.high, call.negative_slope, eps)
+    return rescale_fallback(call, f, f_ref, eps)
+
+
+def rescale_fallback(call: ActivationCall, f: Tensor, f_ref: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The pure-PyTorch :func:`rescale`, for every kind of ``call`` (float kernels only: boolean masks and
+    ``torch.where`` are several times slower on CPU). With ``distinct = sign(threshold(|Δ|, eps, 0))``
+    (``1[|Δ| > eps]``, 0 for a NaN Δ) and ``same = 1 − distinct``:
+    ``m = (φ(f) − φ(f_ref)) / (Δ + same) · distinct + same · φ'(f)``."""
+    with torch.no_grad():
+        delta = f - f_ref
+        distinct = torch.threshold_(delta.abs(), eps, 0.0).sign_()
+        same = 1 - distinct
+        value = call.forward(f)
+        ratio = (value - call.forward(f_ref)).div_(delta.add_(same))
+        return value, ratio.mul_(distinct).add_(call.gate(same, f))
+
+
+def checksums(tensors: Sequence[Tensor]) -> list[tuple[float, float]]:
+    """``(Σ t, Σ t[::3])`` of every tensor, flattened. The fused kernel (contiguous CPU float32/float64/
+    int64 tensors, all in one call) accumulates in float64; other tensors run :func:`checksums_fallback`
+    (in their own dtype, so the two paths agree to rounding, not bit for bit)."""
+    tensors = list(tensors)
+    flags = [_kernels.checksums_supported(t) for t in tensors]
+    if not any(flags) or not _fused("checksums", tensors[flags.index(True)]):
+        return checksums_fallback(tensors)
+    sums = iter(_kernels.checksums([t for t, ok in zip(tensors, flags) if ok]))
+    return [tuple(next(sums)) if ok else checksums_fallback([t])[0] for t, ok in zip(tensors, flags)]
+
+
+def checksums_fallback(tensors: Iterable[Tensor]) -> list[tuple[float, float]]:
+    """The pure-PyTorch :func:`checksums`, one pair of reductions per tensor."""
+    return [(float(flat.sum()), float(flat[::3].sum())) for flat in (t.detach().reshape(-1) for t in tensors)]
 
 
 def plugin_rule_fallback(g_out: Tensor, f: Tensor, f_ref: Tensor | None, weight: Tensor) -> Tensor:

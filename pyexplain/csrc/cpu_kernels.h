@@ -3,13 +3,18 @@
 #pragma once
 
 #include "channel_stats.h"
+#include "checksums.h"
 #include "launch.h"
+#include "rescale.h"
 
 namespace px_default {
 void run_cpu_float(const PxLaunch& L);
 void run_cpu_double(const PxLaunch& L);
 void abs_channel_stats_float(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
 void abs_channel_stats_double(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
+void rescale_float(const PxRescaleArgs& a, long long begin, long long end);
+void rescale_double(const PxRescaleArgs& a, long long begin, long long end);
+void checksums(const PxSumArgs& a);
 }  // namespace px_default
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -19,5 +24,8 @@ void run_cpu_float(const PxLaunch& L);
 void run_cpu_double(const PxLaunch& L);
 void abs_channel_stats_float(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
 void abs_channel_stats_double(const PxStatsArgs& a, long long n, long long c0, long long c1, void* sum);
+void rescale_float(const PxRescaleArgs& a, long long begin, long long end);
+void rescale_double(const PxRescaleArgs& a, long long begin, long long end);
+void checksums(const PxSumArgs& a);
 }  // namespace px_avx2
 #endif
