@@ -268,15 +268,16 @@ def rescale(kind: str, f: Tensor, reference: Tensor, low: float, high: float, ne
 _SUM_DTYPES = (torch.float32, torch.float64, torch.int64)
 
 
-def checksums_supported(t: Tensor) -> bool:
-    """Whether :func:`checksums` takes ``t`` (and the loaded extension has the op): a contiguous CPU
-    float32, float64 or int64 tensor."""
+def checksums_supported(tensors: list[Tensor]) -> list[bool]:
+    """Which of ``tensors`` :func:`checksums` takes (none when the loaded extension lacks the op):
+    contiguous CPU float32, float64 or int64 tensors."""
     _ensure_loaded()
-    return (getattr(_C, "checksums", None) is not None and t.device.type == "cpu" and t.dtype in _SUM_DTYPES
-            and t.is_contiguous())
+    if getattr(_C, "checksums", None) is None:
+        return [False] * len(tensors)
+    return [t.is_cpu and t.dtype in _SUM_DTYPES and t.is_contiguous() for t in tensors]
 
 
 def checksums(tensors: list[Tensor]) -> list[list[float]]:
     """Fused ``[Σ t, Σ t[::3]]`` of every tensor (flattened), accumulated in float64, one pass over
     each (tensors already checked by :func:`checksums_supported`)."""
-    return _C.checksums([t.detach() for t in tensors]).tolist()
+    return _C.checksums(tensors).tolist()

@@ -209,7 +209,7 @@ def checksums(tensors: Sequence[Tensor]) -> list[tuple[float, float]]:
     int64 tensors, all in one call) accumulates in float64; other tensors run :func:`checksums_fallback`
     (in their own dtype, so the two paths agree to rounding, not bit for bit)."""
     tensors = list(tensors)
-    flags = [_kernels.checksums_supported(t) for t in tensors]
+    flags = _kernels.checksums_supported(tensors)
     if not any(flags) or not _fused("checksums", tensors[flags.index(True)]):
         return checksums_fallback(tensors)
     sums = iter(_kernels.checksums([t for t, ok in zip(tensors, flags) if ok]))

@@ -424,8 +424,8 @@ std::vector<Tensor> rescale(const Tensor& f, const Tensor& reference, int64_t ki
 
 // Two sums of each tensor's values (see checksums.h): a [T, 2] float64 tensor, row t = (sum of
 // every element, sum of every third element from the first) of tensors[t] in flat order.
-// CPU, contiguous, float32/float64/int64 (none requiring a gradient is needed: the data is only
-// read). Tensors are shared among threads, each summed by one.
+// CPU, contiguous, float32/float64/int64; the data is only read (a tensor that requires a gradient
+// is read as it is). Tensors are shared among threads, each summed by one.
 Tensor checksums(const std::vector<Tensor>& tensors) {
   const int64_t T = static_cast<int64_t>(tensors.size());
   Tensor out = at::empty({T, 2}, at::TensorOptions().dtype(at::kDouble));

@@ -133,11 +133,16 @@ def model_state(model: nn.Module) -> tuple:
     Covers ``load_state_dict``, in-place edits with or without ``torch.no_grad()``, writes into and
     assignments to ``p.data`` (which bypass autograd's version counter; the sums see them) and swapped
     modules. The sums cost one pass over the weights, in one fused call on CPU."""
-    modules = tuple((name, id(m), type(m), m.training) for name, m in model.named_modules())
-    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    modules, tensors, seen = [], [], set()
+    for name, m in model.named_modules():  # one walk: the modules, then each one's own tensors, once each
+        modules.append((name, id(m), type(m), m.training))
+        for t in itertools.chain(m._parameters.values(), m._buffers.values()):
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                tensors.append(t)
     sums = ops.checksums(tensors)
-    return modules, tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape), pair)
-                          for t, pair in zip(tensors, sums))
+    return tuple(modules), tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape), pair)
+                                 for t, pair in zip(tensors, sums))
 
 
 #: The last constant reference's pass of each model, with the key it was computed for.
