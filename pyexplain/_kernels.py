@@ -24,6 +24,10 @@ Anything else goes to the pure-PyTorch fallback in :mod:`pyexplain.ops`.
 runs in backward hooks on gradients that need none. :func:`stats_supported` says which calls it takes.
 So are ε-LRP's ``epsilon_divide`` and ``proportional_split``, run inside custom backward functions
 (:func:`elementwise_supported`).
+``rescale`` (DeepLIFT's value and multiplier of a piecewise-linear activation) likewise: its results
+feed DeepLIFT's own autograd Function. :func:`rescale_supported` says which calls it takes.
+``checksums`` (two sums of each of a model's tensors, the cache key of DeepLIFT and ε-LRP) reads data only:
+:func:`checksums_supported` says which tensors it takes.
 """
 from __future__ import annotations
 
@@ -258,3 +262,49 @@ def proportional_split(r: Tensor, a: Tensor, b: Tensor, epsilon: float) -> tuple
     :func:`elementwise_supported`)."""
     out_a, out_b = _C.proportional_split(r, a, b, float(epsilon))
     return out_a, out_b
+#: The kernel's code of each piecewise-linear activation kind (``csrc/rescale.h``).
+RESCALE_KINDS = {"relu": 0, "hardtanh": 1, "leaky_relu": 2}
+
+
+def rescale_supported(kind: str, f: Tensor, reference: Tensor) -> bool:
+    """Whether :func:`rescale` takes these arguments (and the loaded extension has the op): ``kind`` in
+    :data:`RESCALE_KINDS`, CPU float32/float64, ``f`` non-empty and contiguous, ``reference`` contiguous
+    and shaped like ``f`` or ``[1, *f.shape[1:]]``, both of one dtype, neither requiring a gradient."""
+    _ensure_loaded()
+    if getattr(_C, "rescale", None) is None or kind not in RESCALE_KINDS:
+        return False
+    if f.dtype not in _CPU_DTYPES or f.device.type != "cpu" or f.dim() == 0 or f.numel() == 0:
+        return False
+    if reference.dtype != f.dtype or reference.device.type != "cpu" or f.requires_grad or reference.requires_grad:
+        return False
+    if reference.shape != f.shape and (reference.dim() != f.dim() or reference.shape[0] != 1
+                                       or reference.shape[1:] != f.shape[1:]):
+        return False
+    return f.is_contiguous() and reference.is_contiguous()
+
+
+def rescale(kind: str, f: Tensor, reference: Tensor, low: float, high: float, negative_slope: float,
+            eps: float) -> tuple[Tensor, Tensor]:
+    """Fused ``(φ(f), m)`` of DeepLIFT's rescale rule in one pass over ``f`` and ``reference`` (arguments
+    already checked by :func:`rescale_supported`); not differentiable."""
+    value, multiplier = _C.rescale(f, reference, RESCALE_KINDS[kind], float(low), float(high),
+                                   float(negative_slope), float(eps))
+    return value, multiplier
+
+
+_SUM_DTYPES = (torch.float32, torch.float64, torch.int64)
+
+
+def checksums_supported(tensors: list[Tensor]) -> list[bool]:
+    """Which of ``tensors`` :func:`checksums` takes (none when the loaded extension lacks the op):
+    contiguous CPU float32, float64 or int64 tensors."""
+    _ensure_loaded()
+    if getattr(_C, "checksums", None) is None:
+        return [False] * len(tensors)
+    return [t.is_cpu and t.dtype in _SUM_DTYPES and t.is_contiguous() for t in tensors]
+
+
+def checksums(tensors: list[Tensor]) -> list[list[float]]:
+    """Fused ``[Σᵢ tᵢ, Σᵢ (i + 1)·tᵢ]`` of every tensor (flattened), accumulated in float64, one pass over
+    each (tensors already checked by :func:`checksums_supported`)."""
+    return _C.checksums(tensors).tolist()

@@ -8,6 +8,12 @@
 - ``epsilon_divide(r, z, ε) = r / (z + ε·s(z))`` and ``proportional_split(r, a, b, ε) = (a·q, b·q)``
   with ``q = r / (a + b + ε·s(a + b))``, ``s(z) = +1`` for ``z ≥ 0`` (either zero), −1 below — ε-LRP's
   backward divisions, one pass each instead of five to eight; CPU only, no autograd.
+- ``rescale(call, f, f_ref, eps) = (φ(f), m)``, ``m = (φ(f) − φ(f_ref)) / (f − f_ref)`` (``φ'(f)`` where
+  ``|f − f_ref| ≤ eps``) — DeepLIFT's rescale rule for one activation call; fused in one pass for the
+  ReLU family (relu, hardtanh/ReLU6, leaky relu) on CPU, no autograd.
+- ``checksums(tensors) = [(Σᵢ tᵢ, Σᵢ (i + 1)·tᵢ) for t in tensors]`` — two sums of each tensor's values
+  (the model cache key, :func:`pyexplain.core.model_state.model_state`); fused in one pass per
+  tensor and one call for the whole list on CPU (float32/float64/int64, contiguous).
 
 The first two are differentiable in every tensor argument, to second order, so LPR's ``create_graph=True``
 optimization goes through them. When the compiled extension ``pyexplain._C`` is loaded, calls
@@ -28,12 +34,13 @@ import contextlib
 import math
 import os
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from . import _kernels
+from .core.activations import ActivationCall
 from .errors import PyExplainError
 
 _forced_fallback = False
@@ -205,6 +212,64 @@ def proportional_split_fallback(r: Tensor, a: Tensor, b: Tensor, epsilon: float)
     """The pure-PyTorch :func:`proportional_split`."""
     q = epsilon_divide_fallback(r, a + b, epsilon)
     return a * q, b * q
+
+
+def rescale(call: ActivationCall, f: Tensor, f_ref: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """DeepLIFT's rescale rule for activation ``call`` at input ``f`` against reference input ``f_ref``
+    (shaped like ``f``, or ``[1, ...]`` shared by the batch): ``(φ(f), m)`` with
+    ``m = (φ(f) − φ(f_ref)) / (f − f_ref)`` where ``|f − f_ref| > eps`` and ``m = φ'(f)`` elsewhere
+    (NaN where either input is NaN). The fused kernel (ReLU family, CPU float32/float64, contiguous)
+    reads ``f`` and ``f_ref`` once; other calls run :func:`rescale_fallback`. Neither records autograd."""
+    if _kernels.rescale_supported(call.kind, f, f_ref) and _fused("rescale", f):
+        return _kernels.rescale(call.kind, f, f_ref, call.low, call.high, call.negative_slope, eps)
+    return rescale_fallback(call, f, f_ref, eps)
+
+
+def rescale_fallback(call: ActivationCall, f: Tensor, f_ref: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The pure-PyTorch :func:`rescale`, for every kind of ``call`` (float kernels only: boolean masks and
+    ``torch.where`` are several times slower on CPU). With ``distinct = sign(threshold(|Δ|, eps, 0))``
+    (``1[|Δ| > eps]``, 0 for a NaN Δ) and ``same = 1 − distinct``:
+    ``m = (φ(f) − φ(f_ref)) / (Δ + same) · distinct + same · φ'(f)``."""
+    with torch.no_grad():
+        delta = f - f_ref
+        distinct = torch.threshold_(delta.abs(), eps, 0.0).sign_()
+        same = 1 - distinct
+        value = call.forward(f)
+        ratio = (value - call.forward(f_ref)).div_(delta.add_(same))
+        return value, ratio.mul_(distinct).add_(call.gate(same, f))
+
+
+def checksums(tensors: Sequence[Tensor]) -> list[tuple[float, float]]:
+    """``(Σᵢ tᵢ, Σᵢ (i + 1)·tᵢ)`` of every tensor, flattened: the total, and a position-weighted sum that
+    changes when values move (any exchange of two unequal values). The fused kernel (contiguous CPU
+    float32/float64/int64 tensors, all in one call) and :func:`checksums_fallback` (other tensors) both
+    accumulate in float64, in different orders: they agree to rounding, not bit for bit."""
+    tensors = list(tensors)
+    flags = _kernels.checksums_supported(tensors)
+    if not any(flags) or not _fused("checksums", tensors[flags.index(True)]):
+        return checksums_fallback(tensors)
+    sums = iter(_kernels.checksums([t for t, ok in zip(tensors, flags) if ok]))
+    return [tuple(next(sums)) if ok else checksums_fallback([t])[0] for t, ok in zip(tensors, flags)]
+
+
+#: Elements per step of :func:`checksums_fallback`: its float64 temporaries stay a few megabytes.
+_CHECKSUM_CHUNK = 1 << 20
+
+
+def checksums_fallback(tensors: Iterable[Tensor]) -> list[tuple[float, float]]:
+    """The pure-PyTorch :func:`checksums`, in float64 (complex128 for complex tensors), chunk by chunk."""
+    pairs = []
+    for t in tensors:
+        flat = t.detach().reshape(-1)
+        dtype = torch.complex128 if flat.is_complex() else torch.float64
+        total = by_position = 0.0
+        for start in range(0, flat.numel(), _CHECKSUM_CHUNK):
+            chunk = flat[start:start + _CHECKSUM_CHUNK].to(dtype)
+            positions = torch.arange(start + 1, start + chunk.numel() + 1, dtype=dtype, device=chunk.device)
+            total += chunk.sum().item()
+            by_position += torch.dot(chunk, positions).item()
+        pairs.append((total, by_position))
+    return pairs
 
 
 def plugin_rule_fallback(g_out: Tensor, f: Tensor, f_ref: Tensor | None, weight: Tensor) -> Tensor:

@@ -427,6 +427,62 @@ Tensor epsilon_divide(const Tensor& r, const Tensor& z, double eps) {
   return out;
 }
 
+// DeepLIFT's rescale rule on a piecewise-linear activation (see rescale.h): (value, multiplier),
+// both shaped like f, in one pass over f and the reference. CPU, float32/float64, contiguous f;
+// the reference shaped like f or [1, ...] (shared by the batch). Parallel over flat element ranges.
+std::vector<Tensor> rescale(const Tensor& f, const Tensor& reference, int64_t kind, double low, double high,
+                            double slope, double eps) {
+  TORCH_CHECK(f.is_cpu() && f.dim() >= 1 && f.numel() > 0 && f.is_contiguous(),
+              "pyexplain._C: rescale takes a non-empty contiguous CPU tensor");
+  const auto dtype = f.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "pyexplain._C: rescale takes float32 or float64, got ",
+              dtype);
+  TORCH_CHECK(kind == PX_RESCALE_RELU || kind == PX_RESCALE_HARDTANH || kind == PX_RESCALE_LEAKY,
+              "pyexplain._C: unknown rescale kind ", kind);
+  const bool shared = f.size(0) > 1 && reference.dim() == f.dim() && reference.size(0) == 1 &&
+                      reference.sizes().slice(1) == f.sizes().slice(1);
+  TORCH_CHECK(reference.is_cpu() && reference.scalar_type() == dtype && reference.is_contiguous() &&
+              (shared || reference.sizes() == f.sizes()),
+              "pyexplain._C: the reference must be a contiguous tensor of f's dtype, shaped like f or [1, ...]");
+  Tensor value = at::empty_like(f), multiplier = at::empty_like(f);
+  const PxRescaleArgs a{f.data_ptr(), reference.data_ptr(), f.numel() / f.size(0), shared, static_cast<int>(kind),
+                        low, high, slope, eps, value.data_ptr(), multiplier.data_ptr()};
+  auto kernel = dtype == at::kFloat ? px_default::rescale_float : px_default::rescale_double;
+#ifdef PX_HAVE_AVX2_BUILD
+  if (use_avx2) kernel = dtype == at::kFloat ? px_avx2::rescale_float : px_avx2::rescale_double;
+#endif
+  at::parallel_for(0, f.numel(), 1 << 15, [&](int64_t begin, int64_t end) { kernel(a, begin, end); });
+  return {value, multiplier};
+}
+
+// Two sums of each tensor's values (see checksums.h): a [T, 2] float64 tensor, row t = (sum of
+// every element, sum of element i times i + 1) of tensors[t] in flat order.
+// CPU, contiguous, float32/float64/int64; the data is only read (a tensor that requires a gradient
+// is read as it is). Tensors are shared among threads, each summed by one.
+Tensor checksums(const std::vector<Tensor>& tensors) {
+  const int64_t T = static_cast<int64_t>(tensors.size());
+  Tensor out = at::empty({T, 2}, at::TensorOptions().dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
+  std::vector<PxSumArgs> args(T);
+  for (int64_t t = 0; t < T; ++t) {
+    const Tensor& x = tensors[t];
+    const auto dtype = x.scalar_type();
+    TORCH_CHECK(x.is_cpu() && x.is_contiguous() &&
+                (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kLong),
+                "pyexplain._C: checksums takes contiguous float32, float64 or int64 CPU tensors");
+    const int type = dtype == at::kFloat ? PX_SUM_FLOAT : (dtype == at::kDouble ? PX_SUM_DOUBLE : PX_SUM_INT64);
+    args[t] = PxSumArgs{x.numel() > 0 ? x.data_ptr() : nullptr, x.numel(), type, o + 2 * t};
+  }
+  auto kernel = px_default::checksums;
+#ifdef PX_HAVE_AVX2_BUILD
+  if (use_avx2) kernel = px_avx2::checksums;
+#endif
+  at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) kernel(args[t]);
+  });
+  return out;
+}
+
 std::vector<Tensor> proportional_split(const Tensor& r, const Tensor& a, const Tensor& b, double eps) {
   check_same_layout("proportional_split", r, {&a, &b});
   Tensor out_a = at::empty_like(r), out_b = at::empty_like(r);
@@ -481,7 +537,7 @@ pybind11::dict build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pyexplain's fused kernels: LPR's plugin rule, the masked activation backward, FullGrad's channel stats, "
-          "epsilon-LRP's divisions";
+          "epsilon-LRP's divisions, DeepLIFT's rescale rule, value checksums";
   m.def("plugin_forward", &plugin_forward, "g * tanh(w * (f - ref))");
   m.def("plugin_backward", &plugin_backward, "first-order gradients of plugin_forward");
   m.def("plugin_double_backward", &plugin_double_backward, "gradients of plugin_backward");
@@ -492,6 +548,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "per-channel min and max over positions, and the weighted channel sum, of |g| (or |g| * 1[ref > t])");
   m.def("epsilon_divide", &epsilon_divide, "r / (z + eps * s(z)), s(z) = +1 for z >= 0 else -1");
   m.def("proportional_split", &proportional_split, "(a * q, b * q), q = r / (a + b + eps * s(a + b))");
+  m.def("rescale", &rescale,
+        "DeepLIFT's rescale rule on relu / hardtanh / leaky_relu: (phi(f), (phi(f) - phi(ref)) / (f - ref))");
+  m.def("checksums", &checksums, "per tensor: the sum of its values and the sum of value i times i + 1");
   m.def("set_cpu_isa", &set_cpu_isa, "select the CPU kernels ('default' or 'avx2'); returns the previous choice");
   m.def("build_info", &build_info, "how this extension was built");
 }

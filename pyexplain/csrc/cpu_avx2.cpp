@@ -4,7 +4,9 @@
 #include <omp.h>
 
 #include "channel_stats.h"
+#include "checksums.h"
 #include "launch.h"
+#include "rescale.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -14,6 +16,8 @@ namespace px_avx2 {
 #include "cpu_kernels.inc"
 #include "channel_stats.inc"
 #include "epsilon_rule.inc"
+#include "checksums.inc"
+#include "rescale.inc"
 }  // namespace px_avx2
 #pragma GCC pop_options
 #endif

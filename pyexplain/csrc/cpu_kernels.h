@@ -3,7 +3,9 @@
 #pragma once
 
 #include "channel_stats.h"
+#include "checksums.h"
 #include "launch.h"
+#include "rescale.h"
 
 namespace px_default {
 void run_cpu_float(const PxLaunch& L);
@@ -16,6 +18,9 @@ void proportional_split_float(const void* r, const void* a, const void* b, doubl
                               long long n);
 void proportional_split_double(const void* r, const void* a, const void* b, double eps, void* out_a, void* out_b,
                                long long n);
+void rescale_float(const PxRescaleArgs& a, long long begin, long long end);
+void rescale_double(const PxRescaleArgs& a, long long begin, long long end);
+void checksums(const PxSumArgs& a);
 }  // namespace px_default
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -31,5 +36,8 @@ void proportional_split_float(const void* r, const void* a, const void* b, doubl
                               long long n);
 void proportional_split_double(const void* r, const void* a, const void* b, double eps, void* out_a, void* out_b,
                                long long n);
+void rescale_float(const PxRescaleArgs& a, long long begin, long long end);
+void rescale_double(const PxRescaleArgs& a, long long begin, long long end);
+void checksums(const PxSumArgs& a);
 }  // namespace px_avx2
 #endif

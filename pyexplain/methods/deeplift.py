@@ -6,6 +6,11 @@ it goes on every call of the ReLU family, SiLU, GELU, Hardswish, Mish, ELU, SELU
 and of sigmoid/hard-sigmoid/tanh gates. Operations that combine two input-dependent tensors
 (the product of a squeeze-excitation gate with its features, attention, layer norm) have no
 rescale rule and keep their gradient, so summation-to-delta is exact only for networks without them.
+
+Cost: one forward pass in which each activation call computes its value and multiplier
+(:func:`pyexplain.ops.rescale`: one fused pass over ``f`` and ``f_ref`` for the ReLU family on CPU,
+about a dozen elementwise torch passes otherwise), one backward pass multiplying by the multipliers,
+and the cache key of the constant reference's pass (:func:`model_state`, one pass over the weights).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import ops
 from ..core.activations import ACTIVATIONS, GATES, ActivationCall, inplace_safe, intercept_activations
 from ..core.model_state import model_state
 from ..core.targets import Targets
@@ -166,7 +172,9 @@ def deeplift(
 
     ``f_ref`` are the activation inputs recorded from a forward pass of the reference (a number or
     a tensor broadcastable to the input; 0 = the all-zero normalized image); a constant reference's
-    pass is computed once per model state and image shape (:func:`reference_pass`). Summation to delta:
+    pass is computed once per model state and image shape (:func:`reference_pass`), and its batch-1
+    ``f_ref`` is shared by the images. Each call's value and multiplier come from
+    :func:`pyexplain.ops.rescale` (fused for the ReLU family). Summation to delta:
     ``ΣA = F_t(x) − F_t(x_ref)`` for networks of elementwise activations (ReLU family, SiLU, GELU,
     ..., sigmoid, tanh), max/avg pooling (``maxpool="rescale"``) and affine layers.
     """
@@ -180,15 +188,7 @@ def deeplift(
     def rescale(call: ActivationCall, f: Tensor) -> Tensor:
         if call.index >= len(ref_activations) or ref_activations[call.index].shape[1:] != f.shape[1:]:
             raise _mismatch(f"activation call {call.index}")
-        f_now, f_ref = f.detach(), ref_activations[call.index]
-        delta = f_now - f_ref
-        # Float kernels only (boolean masks and torch.where are several times slower on CPU):
-        # distinct = 1[|Δ| > eps]; the ratio's denominator is Δ there and Δ + 1 (≈ 1) elsewhere.
-        distinct = torch.threshold_(delta.abs(), eps, 0.0).sign_()
-        same = 1 - distinct
-        value = call.forward(f_now)
-        ratio = (value - call.forward(f_ref)).div_(delta.add_(same))
-        multiplier = ratio.mul_(distinct).add_(call.gate(same, f_now))
+        value, multiplier = ops.rescale(call, f.detach(), ref_activations[call.index], eps)
         return _Rescaled.apply(f, value, multiplier)
 
     inplace_safe(rescale)  # keeps only the multiplier, never f
