@@ -32,13 +32,15 @@ from pyexplain.metrics.pixel_flipping import morf
 
 BASELINES = [("Grad×Input", "gradxinput", {}), ("IG (16 steps)", "integrated_gradients", dict(steps=16)),
              ("SmoothGrad² (16 samples)", "smoothgrad_sq", dict(samples=16)), ("per-image LPR (defaults)", "lpr", {})]
-#: (label, fit_rules options) per amortized configuration.
+#: (label, fit_rules options) per amortized configuration (``iterations`` here overrides ``--iterations``).
 CONFIGS = [
     ("channel rules, LPR loss (fit-rules defaults)", {}),
     ("channel rules, deletion objective", dict(objective="deletion")),
     ("rank-4 predictor, deletion objective", dict(family="predictor", objective="deletion")),
     ("rank-4 predictor, LPR loss", dict(family="predictor")),
     ("channel rules, paper's rule (reference, ungated, W from 1)", dict(reference=True, keep_activation_mask=False, init=1.0)),
+    ("rank-16 predictor, deletion objective, lr 0.05, 60 iterations",
+     dict(family="predictor", objective="deletion", rank=16, lr=0.05, iterations=60)),
 ]
 
 
@@ -111,8 +113,8 @@ def main() -> None:
                                                                  **options).attribution)
         for label, options in chosen:
             start = time.thread_time()
-            rules = fit_rules(model, fit, model_name=name, iterations=args.iterations, batch_size=args.batch_size,
-                              **options)
+            rules = fit_rules(model, fit, model_name=name, batch_size=args.batch_size,
+                              **{"iterations": args.iterations, **options})
             fit_seconds = f"{time.thread_time() - start:.0f}"
             row(f"amortized: {label}", lambda images, targets: pyexplain.explain(
                 model, images, "lpr", targets.tolist(), rules=rules).attribution, fit_seconds)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded model on a real photo, and small seeded torchvision nets."""
+"""Shared fixtures: the embedded model on a real photo, small seeded torchvision nets, and the CPU
+kernel builds."""
 from __future__ import annotations
 
 import os
@@ -7,8 +8,10 @@ import pytest
 import torch
 
 import pyexplain
+from pyexplain import _kernels
 from pyexplain.io import builtin_image
 
+from kernel_support import CPU_ISAS
 from lpr_models import tiny
 from model_support import randomize_batchnorm
 
@@ -64,3 +67,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[(isa, threads) for isa in CPU_ISAS for threads in (1, 2)], ids=lambda p: f"{p[0]}-{p[1]}t")
+def kernel_setup(request):
+    """Each CPU build of the extension's kernels, with one and with two threads (two split a large
+    tensor); skipped without the extension."""
+    if not _kernels.available():
+        pytest.skip(f"extension not loaded ({_kernels.LOAD_ERROR})")
+    isa, threads = request.param
+    previous_isa, previous_threads = _kernels._C.set_cpu_isa(isa), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield request.param
+    torch.set_num_threads(previous_threads)
+    _kernels._C.set_cpu_isa(previous_isa)

@@ -18,9 +18,8 @@ from pyexplain.core.model_state import model_state
 from pyexplain.methods import deeplift as deeplift_module
 
 from baseline_oracles import SmallVGG, randomize_batchnorm
+from kernel_support import draw, needs_extension
 
-needs_extension = pytest.mark.skipif(not _kernels.available(), reason=f"extension not loaded ({_kernels.LOAD_ERROR})")
-CPU_ISAS = ["default", "avx2"] if _kernels.available() and "avx2" in _kernels.build_info()["cpu_isa_available"] else ["default"]
 TOLERANCE = {torch.float64: {"rtol": 1e-12, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
 EPS = 1e-10
 
@@ -35,27 +34,12 @@ SHAPES = [((3, 4, 5, 6), (3, 4, 5, 6)), ((3, 4, 5, 6), (1, 4, 5, 6)), ((1, 7, 3,
           ((4, 10), (1, 10)), ((2, 16, 40, 40), (1, 16, 40, 40)), ((3, 9, 37, 41), (3, 9, 37, 41))]
 
 
-@pytest.fixture(params=[(isa, threads) for isa in CPU_ISAS for threads in (1, 2)], ids=lambda p: f"{p[0]}-{p[1]}t")
-def kernel_setup(request):
-    """Each CPU build of the kernels, with one and with two threads."""
-    if not _kernels.available():
-        pytest.skip(f"extension not loaded ({_kernels.LOAD_ERROR})")
-    isa, threads = request.param
-    previous_isa, previous_threads = _kernels._C.set_cpu_isa(isa), torch.get_num_threads()
-    torch.set_num_threads(threads)
-    yield request.param
-    torch.set_num_threads(previous_threads)
-    _kernels._C.set_cpu_isa(previous_isa)
-
-
-def draw(shape, dtype, seed, scale=4.0):
-    return (scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).to(dtype)
 
 
 def operands(f_shape, ref_shape, dtype, seed=0):
     """``f`` and ``f_ref`` with, besides random values, positions where they are equal, closer than
     ``eps``, and at the activations' kinks and bounds (0, 6, −1, 2)."""
-    f, ref = draw(f_shape, dtype, seed), draw(ref_shape, dtype, seed + 1)
+    f, ref = draw(f_shape, dtype, seed, scale=4.0), draw(ref_shape, dtype, seed + 1, scale=4.0)
     flat, shared = f.view(-1), ref.expand_as(f).reshape(-1)
     n = flat.numel()
     flat[0:n:7] = shared[0:n:7]  # Δ = 0
@@ -187,8 +171,8 @@ def test_checksums_hand_computed_and_against_the_fallback(kernel_setup):
     fallback."""
     t = torch.arange(1, 51, dtype=torch.float64)
     assert _kernels.checksums([t, t[:7], t[:0]]) == [[1275.0, 42925.0], [28.0, 140.0], [0.0, 0.0]]
-    tensors = [draw((n,), torch.float64, n, scale=1.0) for n in (1, 2, 3, 23, 24, 25, 48, 1000, 40_001)]
-    tensors += [x.float() for x in tensors] + [torch.arange(-50, 53) * 7, draw((3, 4, 5, 6), torch.float32, 9)]
+    tensors = [draw((n,), torch.float64, n) for n in (1, 2, 3, 23, 24, 25, 48, 1000, 40_001)]
+    tensors += [x.float() for x in tensors] + [torch.arange(-50, 53) * 7, draw((3, 4, 5, 6), torch.float32, 9, scale=4.0)]
     for got, want in zip(_kernels.checksums(tensors), ops.checksums_fallback(tensors)):
         torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
                                    rtol=1e-5, atol=1e-4)
@@ -234,7 +218,7 @@ def test_deeplift_map_with_the_kernels_equals_the_fallback(monkeypatch, dtype):
     calls = []
     original = _kernels.rescale
     monkeypatch.setattr(_kernels, "rescale", lambda *args: calls.append(1) or original(*args))
-    x = draw((3, 3, 12, 12), dtype, 11, scale=1.0)
+    x = draw((3, 3, 12, 12), dtype, 11)
     tensor_reference = draw((3, 3, 12, 12), dtype, 12, scale=0.5)
     tolerance = TOLERANCE[dtype] if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
     for model in _nets(dtype):

@@ -12,10 +12,10 @@ import pyexplain
 from pyexplain import _kernels, ops
 from pyexplain.methods import fullgrad as fullgrad_module
 
+from kernel_support import draw, needs_extension
+
 from _dmbp_nets import small_input, small_net
 
-needs_extension = pytest.mark.skipif(not _kernels.available(), reason=f"extension not loaded ({_kernels.LOAD_ERROR})")
-CPU_ISAS = ["default", "avx2"] if _kernels.available() and "avx2" in _kernels.build_info()["cpu_isa_available"] else ["default"]
 TOLERANCE = {torch.float64: {"rtol": 1e-12, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-5}}
 # (N, C, H, W): one image, a batch, one position, more channels than a group of the kernel (256),
 # more positions than a tile (2048), a single channel; the last two are large enough (≥ 2^15
@@ -24,21 +24,6 @@ SHAPES = [(1, 5, 7, 9), (3, 4, 6, 5), (2, 3, 1, 1), (2, 300, 3, 2), (1, 2, 50, 4
           (1, 41, 30, 30), (3, 8, 40, 41)]
 
 
-@pytest.fixture(params=[(isa, threads) for isa in CPU_ISAS for threads in (1, 2)], ids=lambda p: f"{p[0]}-{p[1]}t")
-def kernel_setup(request):
-    """Each CPU build of the kernel, with one and with two threads (two split one image's channels)."""
-    if not _kernels.available():
-        pytest.skip(f"extension not loaded ({_kernels.LOAD_ERROR})")
-    isa, threads = request.param
-    previous_isa, previous_threads = _kernels._C.set_cpu_isa(isa), torch.get_num_threads()
-    torch.set_num_threads(threads)
-    yield request.param
-    torch.set_num_threads(previous_threads)
-    _kernels._C.set_cpu_isa(previous_isa)
-
-
-def draw(shape, dtype, seed, scale=1.0):
-    return (scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).to(dtype)
 
 
 def loop_stats(g, weight, reference, threshold):

@@ -22,10 +22,10 @@ from pyexplain import _kernels, ops
 from pyexplain.core.activations import intercept_activations
 from pyexplain.core.rules import replace_backward
 
+from kernel_support import CPU_ISAS, needs_extension
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = any((ROOT / "pyexplain").glob("_C*.so")) or any((ROOT / "pyexplain").glob("_C*.pyd"))
-needs_extension = pytest.mark.skipif(not _kernels.available(), reason=f"extension not loaded ({_kernels.LOAD_ERROR})")
-CPU_ISAS = ["default", "avx2"] if _kernels.available() and "avx2" in _kernels.build_info()["cpu_isa_available"] else ["default"]
 HAS_CUDA = torch.cuda.is_available() and _kernels.cuda_built()
 
 # (f_ref shape, W shape) against an activation [2, 3, 4, 5]: full, shared by the batch, per

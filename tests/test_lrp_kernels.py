@@ -13,33 +13,16 @@ import pyexplain
 from pyexplain import _kernels, ops
 
 from baseline_oracles import SmallVGG, randomize_batchnorm
+from kernel_support import draw, needs_extension
 
-needs_extension = pytest.mark.skipif(not _kernels.available(), reason=f"extension not loaded ({_kernels.LOAD_ERROR})")
-CPU_ISAS = ["default", "avx2"] if _kernels.available() and "avx2" in _kernels.build_info()["cpu_isa_available"] else ["default"]
 TOLERANCE = {torch.float64: {"rtol": 1e-12, "atol": 0.0}, torch.float32: {"rtol": 1e-6, "atol": 0.0}}
 EPS = 0.25  # large enough that the sign of the stabilizer shows in every hand-computed value
 
-
-@pytest.fixture(params=[(isa, threads) for isa in CPU_ISAS for threads in (1, 2)], ids=lambda p: f"{p[0]}-{p[1]}t")
-def kernel_setup(request):
-    """Each CPU build of the kernels, with one and with two threads (two split a large tensor)."""
-    if not _kernels.available():
-        pytest.skip(f"extension not loaded ({_kernels.LOAD_ERROR})")
-    isa, threads = request.param
-    previous_isa, previous_threads = _kernels._C.set_cpu_isa(isa), torch.get_num_threads()
-    torch.set_num_threads(threads)
-    yield request.param
-    torch.set_num_threads(previous_threads)
-    _kernels._C.set_cpu_isa(previous_isa)
 
 
 def _stabilized(z: float) -> float:
     """``z + ε·s(z)``, ``s = +1`` at ``z ≥ 0`` (−0.0 included), −1 below; NaN stays NaN."""
     return z - EPS if z < 0 else z + EPS
-
-
-def _draw(shape, dtype, seed):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
 
 
 Z_VALUES = [2.0, -3.0, 0.0, -0.0, 0.125, -0.125, -EPS, 1e-30]
@@ -72,7 +55,7 @@ def test_proportional_split_by_hand(kernel_setup, dtype):
 @pytest.mark.parametrize("shape", [(7,), (2, 3, 5, 5), (1, 64, 40, 41), (3, 16, 33, 31)], ids=str)
 def test_kernels_match_the_fallback(kernel_setup, dtype, shape):
     """Random tensors, some exactly zero; the larger shapes exceed one thread's block (2^15 elements)."""
-    r, z, a, b = (_draw(shape, dtype, seed) for seed in range(4))
+    r, z, a, b = (draw(shape, dtype, seed) for seed in range(4))
     z.view(-1)[::7] = 0.0
     b.view(-1)[::5] = -a.view(-1)[::5]  # a + b = 0
     torch.testing.assert_close(_kernels.epsilon_divide(r, z, 1e-3), ops.epsilon_divide_fallback(r, z, 1e-3),
@@ -97,7 +80,7 @@ def test_other_layouts_and_differentiable_calls_take_the_fallback(monkeypatch):
 
     monkeypatch.setattr(_kernels, "epsilon_divide", no_kernel)
     monkeypatch.setattr(_kernels, "proportional_split", no_kernel)
-    r, z = _draw((2, 3, 4, 5), torch.float32, 0), _draw((2, 3, 4, 5), torch.float32, 1)
+    r, z = draw((2, 3, 4, 5), torch.float32, 0), draw((2, 3, 4, 5), torch.float32, 1)
     cases = [(r.transpose(2, 3), z.transpose(2, 3)), (r.half(), z.half()), (r, z.double()), (r, z[:1]),
              (r, z.clone().requires_grad_(True))]
     for r_, z_ in cases:
@@ -119,7 +102,7 @@ def test_an_extension_without_the_ops_takes_the_fallback(monkeypatch):
     class OlderBuild:
         pass
 
-    r, z = _draw((2, 3), torch.float64, 0), _draw((2, 3), torch.float64, 1)
+    r, z = draw((2, 3), torch.float64, 0), draw((2, 3), torch.float64, 1)
     monkeypatch.setattr(_kernels, "_C", OlderBuild())
     assert not _kernels.elementwise_supported("epsilon_divide", r, z)
     assert not _kernels.elementwise_supported("proportional_split", r, z, z)
@@ -128,7 +111,7 @@ def test_an_extension_without_the_ops_takes_the_fallback(monkeypatch):
 
 @needs_extension
 def test_kernels_reject_bad_arguments():
-    r = _draw((2, 3, 4), torch.float32, 0)
+    r = draw((2, 3, 4), torch.float32, 0)
     for args in [(r, r[:1]), (r, r.double()), (r.transpose(1, 2), r), (r.int(), r.int())]:
         with pytest.raises(RuntimeError, match="epsilon_divide"):
             _kernels._C.epsilon_divide(*args, 0.1)
@@ -152,7 +135,7 @@ def test_lrp_map_with_the_kernels_equals_the_fallback(monkeypatch, dtype):
     divides, splits = _count_calls(monkeypatch, "epsilon_divide"), _count_calls(monkeypatch, "proportional_split")
     torch.manual_seed(0)
     model = randomize_batchnorm(torchvision.models.resnet18(num_classes=5)).to(dtype).eval()
-    x = _draw((2, 3, 32, 32), dtype, 5)
+    x = draw((2, 3, 32, 32), dtype, 5)
     fused = pyexplain.explain(model, x, "lrp_epsilon", target=[0, 3]).attribution
     # 20 convolutions (BN folded), the average pool and the linear layer; 8 residual sums.
     assert (len(divides), len(splits)) == (22, 8)
@@ -168,7 +151,7 @@ def test_lrp_map_with_the_kernels_equals_the_fallback(monkeypatch, dtype):
 def test_unfolded_batchnorm_goes_through_the_kernel_too(monkeypatch):
     divides = _count_calls(monkeypatch, "epsilon_divide")
     model = randomize_batchnorm(SmallVGG()).double().eval()
-    x = _draw((1, 3, 16, 16), torch.float64, 2)
+    x = draw((1, 3, 16, 16), torch.float64, 2)
     fused = pyexplain.explain(model, x, "lrp_epsilon", target=1, fold_batchnorm=False).attribution
     assert len(divides) == 7  # 3 convolutions, 1 BatchNorm, the adaptive average pool, 2 linear layers
     with ops.use_fallback():

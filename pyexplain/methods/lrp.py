@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.activations import ACTIVATIONS, ActivationCall, intercept_activations, refuse_unsupported
 from .. import ops
 from ..core import canonize
+from ..core.activations import ACTIVATIONS, ActivationCall, intercept_activations, refuse_unsupported
 from ..core.model_state import model_structure
 from ..core.rules import replace_backward
 from ..core.targets import Targets
