@@ -262,6 +262,8 @@ def proportional_split(r: Tensor, a: Tensor, b: Tensor, epsilon: float) -> tuple
     :func:`elementwise_supported`)."""
     out_a, out_b = _C.proportional_split(r, a, b, float(epsilon))
     return out_a, out_b
+
+
 #: The kernel's code of each piecewise-linear activation kind (``csrc/rescale.h``).
 RESCALE_KINDS = {"relu": 0, "hardtanh": 1, "leaky_relu": 2}
 

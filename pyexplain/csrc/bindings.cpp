@@ -427,6 +427,27 @@ Tensor epsilon_divide(const Tensor& r, const Tensor& z, double eps) {
   return out;
 }
 
+std::vector<Tensor> proportional_split(const Tensor& r, const Tensor& a, const Tensor& b, double eps) {
+  check_same_layout("proportional_split", r, {&a, &b});
+  Tensor out_a = at::empty_like(r), out_b = at::empty_like(r);
+  const bool is_float = r.scalar_type() == at::kFloat;
+  auto kernel = is_float ? px_default::proportional_split_float : px_default::proportional_split_double;
+#ifdef PX_HAVE_AVX2_BUILD
+  if (use_avx2) kernel = is_float ? px_avx2::proportional_split_float : px_avx2::proportional_split_double;
+#endif
+  const int64_t size = r.element_size();
+  const char* rp = static_cast<const char*>(r.data_ptr());
+  const char* ap = static_cast<const char*>(a.data_ptr());
+  const char* bp = static_cast<const char*>(b.data_ptr());
+  char* oa = static_cast<char*>(out_a.data_ptr());
+  char* ob = static_cast<char*>(out_b.data_ptr());
+  at::parallel_for(0, r.numel(), PX_ELEMENTWISE_GRAIN, [&](int64_t begin, int64_t end) {
+    const int64_t offset = begin * size;
+    kernel(rp + offset, ap + offset, bp + offset, eps, oa + offset, ob + offset, end - begin);
+  });
+  return {out_a, out_b};
+}
+
 // DeepLIFT's rescale rule on a piecewise-linear activation (see rescale.h): (value, multiplier),
 // both shaped like f, in one pass over f and the reference. CPU, float32/float64, contiguous f;
 // the reference shaped like f or [1, ...] (shared by the batch). Parallel over flat element ranges.
@@ -481,27 +502,6 @@ Tensor checksums(const std::vector<Tensor>& tensors) {
     for (int64_t t = begin; t < end; ++t) kernel(args[t]);
   });
   return out;
-}
-
-std::vector<Tensor> proportional_split(const Tensor& r, const Tensor& a, const Tensor& b, double eps) {
-  check_same_layout("proportional_split", r, {&a, &b});
-  Tensor out_a = at::empty_like(r), out_b = at::empty_like(r);
-  const bool is_float = r.scalar_type() == at::kFloat;
-  auto kernel = is_float ? px_default::proportional_split_float : px_default::proportional_split_double;
-#ifdef PX_HAVE_AVX2_BUILD
-  if (use_avx2) kernel = is_float ? px_avx2::proportional_split_float : px_avx2::proportional_split_double;
-#endif
-  const int64_t size = r.element_size();
-  const char* rp = static_cast<const char*>(r.data_ptr());
-  const char* ap = static_cast<const char*>(a.data_ptr());
-  const char* bp = static_cast<const char*>(b.data_ptr());
-  char* oa = static_cast<char*>(out_a.data_ptr());
-  char* ob = static_cast<char*>(out_b.data_ptr());
-  at::parallel_for(0, r.numel(), PX_ELEMENTWISE_GRAIN, [&](int64_t begin, int64_t end) {
-    const int64_t offset = begin * size;
-    kernel(rp + offset, ap + offset, bp + offset, eps, oa + offset, ob + offset, end - begin);
-  });
-  return {out_a, out_b};
 }
 
 std::string set_cpu_isa(const std::string& isa) {
