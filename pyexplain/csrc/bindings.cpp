@@ -40,6 +40,13 @@ bool cpu_supports_avx2() {
 
 bool use_avx2 = cpu_supports_avx2();
 
+// The CPU kernel entry point `name` of the build selected by set_cpu_isa (cpu_kernels.h).
+#ifdef PX_HAVE_AVX2_BUILD
+#define PX_CPU_KERNEL(name) (use_avx2 ? px_avx2::name : px_default::name)
+#else
+#define PX_CPU_KERNEL(name) (px_default::name)
+#endif
+
 // Layout of a parameter of sizes `p` broadcast against an activation of sizes `full`, or -1.
 int classify(at::IntArrayRef p, at::IntArrayRef full) {
   const int64_t nd = static_cast<int64_t>(full.size());
@@ -149,15 +156,7 @@ class Launch {
       flatten_if_elementwise();
       L_.threads = at::get_num_threads();
       const bool is_float = f_.scalar_type() == at::kFloat;
-#ifdef PX_HAVE_AVX2_BUILD
-      if (use_avx2) {
-        is_float ? px_avx2::run_cpu_float(L_) : px_avx2::run_cpu_double(L_);
-      } else {
-        is_float ? px_default::run_cpu_float(L_) : px_default::run_cpu_double(L_);
-      }
-#else
-      is_float ? px_default::run_cpu_float(L_) : px_default::run_cpu_double(L_);
-#endif
+      is_float ? PX_CPU_KERNEL(run_cpu_float)(L_) : PX_CPU_KERNEL(run_cpu_double)(L_);
     } else {
 #ifdef PYEXPLAIN_WITH_CUDA
       px_run_cuda(L_, f_.scalar_type(), f_.get_device());
@@ -365,10 +364,7 @@ std::vector<Tensor> abs_channel_stats(const Tensor& g, const Tensor& weight, con
   if (N == 0) return {low, high, sum};
   PxStatsArgs a{g.data_ptr(), reference ? reference->data_ptr() : nullptr, weight.data_ptr(), threshold,
                 N, C, S, low.data_ptr(), high.data_ptr()};
-  auto kernel = dtype == at::kFloat ? px_default::abs_channel_stats_float : px_default::abs_channel_stats_double;
-#ifdef PX_HAVE_AVX2_BUILD
-  if (use_avx2) kernel = dtype == at::kFloat ? px_avx2::abs_channel_stats_float : px_avx2::abs_channel_stats_double;
-#endif
+  auto kernel = dtype == at::kFloat ? PX_CPU_KERNEL(abs_channel_stats_float) : PX_CPU_KERNEL(abs_channel_stats_double);
   const int64_t threads = at::get_num_threads();
   const int64_t work = N * C * S;
   const int64_t min_work = 1 << 15;  // fewer elements: one thread
@@ -409,20 +405,26 @@ void check_same_layout(const char* op, const Tensor& first, std::initializer_lis
   }
 }
 
+// Calls body(byte offset, element count) on blocks covering `like`'s elements, across threads.
+template <typename Body>
+void for_element_blocks(const Tensor& like, const Body& body) {
+  const int64_t size = like.element_size();
+  at::parallel_for(0, like.numel(), PX_ELEMENTWISE_GRAIN,
+                   [&](int64_t begin, int64_t end) { body(begin * size, end - begin); });
+}
+
+const char* bytes(const Tensor& t) { return static_cast<const char*>(t.data_ptr()); }
+char* mutable_bytes(Tensor& t) { return static_cast<char*>(t.data_ptr()); }
+
 Tensor epsilon_divide(const Tensor& r, const Tensor& z, double eps) {
   check_same_layout("epsilon_divide", r, {&z});
   Tensor out = at::empty_like(r);
   const bool is_float = r.scalar_type() == at::kFloat;
-  auto kernel = is_float ? px_default::epsilon_divide_float : px_default::epsilon_divide_double;
-#ifdef PX_HAVE_AVX2_BUILD
-  if (use_avx2) kernel = is_float ? px_avx2::epsilon_divide_float : px_avx2::epsilon_divide_double;
-#endif
-  const int64_t size = r.element_size();
-  const char* rp = static_cast<const char*>(r.data_ptr());
-  const char* zp = static_cast<const char*>(z.data_ptr());
-  char* op = static_cast<char*>(out.data_ptr());
-  at::parallel_for(0, r.numel(), PX_ELEMENTWISE_GRAIN, [&](int64_t begin, int64_t end) {
-    kernel(rp + begin * size, zp + begin * size, eps, op + begin * size, end - begin);
+  auto kernel = is_float ? PX_CPU_KERNEL(epsilon_divide_float) : PX_CPU_KERNEL(epsilon_divide_double);
+  const char *rp = bytes(r), *zp = bytes(z);
+  char* op = mutable_bytes(out);
+  for_element_blocks(r, [&](int64_t offset, int64_t count) {
+    kernel(rp + offset, zp + offset, eps, op + offset, count);
   });
   return out;
 }
@@ -431,19 +433,11 @@ std::vector<Tensor> proportional_split(const Tensor& r, const Tensor& a, const T
   check_same_layout("proportional_split", r, {&a, &b});
   Tensor out_a = at::empty_like(r), out_b = at::empty_like(r);
   const bool is_float = r.scalar_type() == at::kFloat;
-  auto kernel = is_float ? px_default::proportional_split_float : px_default::proportional_split_double;
-#ifdef PX_HAVE_AVX2_BUILD
-  if (use_avx2) kernel = is_float ? px_avx2::proportional_split_float : px_avx2::proportional_split_double;
-#endif
-  const int64_t size = r.element_size();
-  const char* rp = static_cast<const char*>(r.data_ptr());
-  const char* ap = static_cast<const char*>(a.data_ptr());
-  const char* bp = static_cast<const char*>(b.data_ptr());
-  char* oa = static_cast<char*>(out_a.data_ptr());
-  char* ob = static_cast<char*>(out_b.data_ptr());
-  at::parallel_for(0, r.numel(), PX_ELEMENTWISE_GRAIN, [&](int64_t begin, int64_t end) {
-    const int64_t offset = begin * size;
-    kernel(rp + offset, ap + offset, bp + offset, eps, oa + offset, ob + offset, end - begin);
+  auto kernel = is_float ? PX_CPU_KERNEL(proportional_split_float) : PX_CPU_KERNEL(proportional_split_double);
+  const char *rp = bytes(r), *ap = bytes(a), *bp = bytes(b);
+  char *oa = mutable_bytes(out_a), *ob = mutable_bytes(out_b);
+  for_element_blocks(r, [&](int64_t offset, int64_t count) {
+    kernel(rp + offset, ap + offset, bp + offset, eps, oa + offset, ob + offset, count);
   });
   return {out_a, out_b};
 }
@@ -468,10 +462,7 @@ std::vector<Tensor> rescale(const Tensor& f, const Tensor& reference, int64_t ki
   Tensor value = at::empty_like(f), multiplier = at::empty_like(f);
   const PxRescaleArgs a{f.data_ptr(), reference.data_ptr(), f.numel() / f.size(0), shared, static_cast<int>(kind),
                         low, high, slope, eps, value.data_ptr(), multiplier.data_ptr()};
-  auto kernel = dtype == at::kFloat ? px_default::rescale_float : px_default::rescale_double;
-#ifdef PX_HAVE_AVX2_BUILD
-  if (use_avx2) kernel = dtype == at::kFloat ? px_avx2::rescale_float : px_avx2::rescale_double;
-#endif
+  auto kernel = dtype == at::kFloat ? PX_CPU_KERNEL(rescale_float) : PX_CPU_KERNEL(rescale_double);
   at::parallel_for(0, f.numel(), 1 << 15, [&](int64_t begin, int64_t end) { kernel(a, begin, end); });
   return {value, multiplier};
 }
@@ -494,10 +485,7 @@ Tensor checksums(const std::vector<Tensor>& tensors) {
     const int type = dtype == at::kFloat ? PX_SUM_FLOAT : (dtype == at::kDouble ? PX_SUM_DOUBLE : PX_SUM_INT64);
     args[t] = PxSumArgs{x.numel() > 0 ? x.data_ptr() : nullptr, x.numel(), type, o + 2 * t};
   }
-  auto kernel = px_default::checksums;
-#ifdef PX_HAVE_AVX2_BUILD
-  if (use_avx2) kernel = px_avx2::checksums;
-#endif
+  auto kernel = PX_CPU_KERNEL(checksums);
   at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) kernel(args[t]);
   });
