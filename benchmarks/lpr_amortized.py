@@ -15,8 +15,8 @@ fitting images (top-1 class) and on the held-out images, insertion AUC on the he
 per step on the synthetic shapes, the default step on photos; higher is better) and thread CPU
 seconds per held-out image (one thread).
 
-    PYTHONPATH=. python benchmarks/lpr_amortized.py --fit 512 --n 64 --iterations 30
-    PYTHONPATH=. python benchmarks/lpr_amortized.py --photos --views 7 --iterations 20
+    PYTHONPATH=. python benchmarks/lpr_amortized.py --fit 1024 --n 64 --iterations 30
+    PYTHONPATH=. python benchmarks/lpr_amortized.py --photos --views 7 --iterations 20 --batch-size 8 --configs 0,1,5
 """
 from __future__ import annotations
 
