@@ -37,7 +37,7 @@ from pyexplain.registry import get_method  # noqa: E402
 
 NO_GPU = "not measured (no GPU available)"
 METHODS = ("lpr", "dmbp", "gradxinput")  # each with its default options
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemistry")
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "immunohistochemistry")
 
 
 def make_folder(root: Path, count: int) -> None:

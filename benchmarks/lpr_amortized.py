@@ -6,17 +6,18 @@ explain held-out images, against Grad×Input, IG and SmoothGrad².
 
 - Synthetic shapes (default): fitted over the first ``--fit`` images of the model's training split,
   judged on ``--n`` test images (the report's ``make_synthetic(n, TEST_SEED_OFFSET)``, true class).
-- ``--photos``: EfficientNet-Lite0 fitted over chelsea and coffee with ``--views`` augmented views of
-  each (random resized crop of scale 0.5–1, horizontal flip, colour jitter 0.2), judged on
-  astronaut, rocket and cat with 3 augmented views each (top-1 class of the model).
+- ``--photos``: EfficientNet-Lite0 fitted over the photos :data:`FIT_PHOTOS` with ``--views``
+  augmented views of each (random resized crop of scale 0.5–1, horizontal flip, colour jitter 0.2),
+  judged on the other photos :data:`HELD_OUT_PHOTOS` with 3 augmented views each (top-1 class of
+  the model).
 
 Printed per image set: MoRF AUC (SPEC §6, 20 steps up to 5 %, lower is better) on the first ``--n``
 fitting images (top-1 class) and on the held-out images, insertion AUC on the held-out images (8 px
 per step on the synthetic shapes, the default step on photos; higher is better) and thread CPU
 seconds per held-out image (one thread).
 
-    PYTHONPATH=. python benchmarks/lpr_amortized.py --fit 1024 --n 64 --iterations 30
-    PYTHONPATH=. python benchmarks/lpr_amortized.py --photos --views 7 --iterations 20 --batch-size 8 --configs 0,1,5
+    PYTHONPATH=. python benchmarks/lpr_amortized.py --fit 1024 --n 256 --iterations 30 --configs 0,1,4,5,6
+    PYTHONPATH=. python benchmarks/lpr_amortized.py --photos --views 7 --iterations 20 --batch-size 8 --configs 0,1,6
 """
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ CONFIGS = [
     ("channel rules, paper's rule (reference, ungated, W from 1)", dict(reference=True, keep_activation_mask=False, init=1.0)),
     ("rank-16 predictor, deletion objective, lr 0.05, 60 iterations",
      dict(family="predictor", objective="deletion", rank=16, lr=0.05, iterations=60)),
+    ("rank-16 predictor, deletion + insertion objective, lr 0.05, 60 iterations",
+     dict(family="predictor", objective="deletion_insertion", rank=16, lr=0.05, iterations=60)),
 ]
+#: The photos whose views fit the rules, and the other photos, held out.
+FIT_PHOTOS, HELD_OUT_PHOTOS = ("chelsea", "coffee", "camera", "clock"), ("astronaut", "rocket", "motorcycle")
 
 
 def synthetic_sets(name: str, fit: int, n: int):
@@ -66,7 +71,7 @@ def photo_sets(views: int):
         return torch.cat([preprocess(image) for name in names
                           for image in [builtin_image(name)] + [augment(builtin_image(name)) for _ in range(k)]])
 
-    fit, held_out = with_views(["chelsea", "coffee"], views), with_views(["astronaut", "rocket", "cat"], 3)
+    fit, held_out = with_views(list(FIT_PHOTOS), views), with_views(list(HELD_OUT_PHOTOS), 3)
     with torch.no_grad():
         classes = model(held_out).argmax(1)
     return model, fit, held_out, classes, None
@@ -77,7 +82,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fit", type=int, default=512)
-    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--models", default="synthetic_vgg,synthetic_resnet")

@@ -38,8 +38,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "roar": ("retraining", False),
 }
 CURVE_METRICS = ("morf", "lerf", "insertion", "deletion", "cim")
-#: scikit-image photos used as the builtin set of ImageNet models (ImageNet-like subjects).
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat")
+#: scikit-image photos used as the builtin set of ImageNet models (ImageNet-like subjects, all different).
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
 
 
 @dataclass

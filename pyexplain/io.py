@@ -256,17 +256,25 @@ def save_png(path: str | os.PathLike, image: Image.Image) -> Path:
 
 #: File suffixes taken as images when a folder is searched for images.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-#: Photos bundled with scikit-image, usable as ``builtin:NAME`` wherever an image path is accepted.
-BUILTIN_IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
+#: Photos bundled with scikit-image, usable as ``builtin:NAME`` wherever an image path is accepted;
+#: each name is a different photo.
+BUILTIN_IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "camera", "clock", "hubble_deep_field",
+                  "immunohistochemistry")
+#: Other names scikit-image gives the same photos (``cat`` is chelsea).
+BUILTIN_ALIASES = {"cat": "chelsea"}
+#: The scikit-image loader of each photo whose name is not scikit-image's own.
+_SKIMAGE_LOADERS = {"motorcycle": lambda data: data.stereo_motorcycle()[0]}
 
 
 def builtin_image(name: str) -> Image.Image:
     """One of scikit-image's bundled photos (no download) as an RGB image."""
+    name = BUILTIN_ALIASES.get(name, name)
     if name not in BUILTIN_IMAGES:
         raise PyExplainError(f"unknown builtin image {name!r}; available: {', '.join(BUILTIN_IMAGES)}")
     from skimage import data
 
-    return _to_rgb(Image.fromarray(getattr(data, name)()))[0]
+    loader = _SKIMAGE_LOADERS.get(name, lambda data: getattr(data, name)())
+    return _to_rgb(Image.fromarray(loader(data)))[0]
 
 
 def open_image(source: str | os.PathLike, on_note: Callable[[str], None] | None = None) -> Image.Image:

@@ -147,8 +147,12 @@ def test_cli_models_and_methods(capsys):
 def test_every_builtin_image_opens():
     from pyexplain.io import BUILTIN_IMAGES, open_image
 
+    pixels = {}
     for name in BUILTIN_IMAGES:
         image = open_image(f"builtin:{name}")
         assert image.mode == "RGB" and min(image.size) >= 64, name
+        pixels[name] = image.tobytes()
+    assert len(set(pixels.values())) == len(BUILTIN_IMAGES), "two builtin names give the same photo"
+    assert open_image("builtin:cat").tobytes() == pixels["chelsea"]  # scikit-image's other name for chelsea
     with pytest.raises(PyExplainError, match="unknown builtin image"):
         open_image("builtin:nope")

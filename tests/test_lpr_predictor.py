@@ -1,7 +1,7 @@
 """Amortized LPR's wider rule family and its deletion objective: the predicted ``W`` against a hand
 computation, the predictor at its start against the channel rule, second-order gradients of the
-fit against finite differences, the soft MoRF loss against a hand-computed removal on a linear model,
-resuming, old files, damaged files and the CLI."""
+fit against finite differences, the soft MoRF and insertion losses against hand-computed masking on a
+linear model, resuming, old files, damaged files and the CLI."""
 from __future__ import annotations
 
 import sys
@@ -16,7 +16,7 @@ import pyexplain
 from pyexplain.core.rule_predictor import predicted_weight
 from pyexplain.core.targets import Targets
 from pyexplain.errors import PyExplainError
-from pyexplain.methods._lpr import RuleGraph, deletion_losses
+from pyexplain.methods._lpr import RuleGraph, deletion_losses, insertion_losses
 from pyexplain.methods._lpr_rules import check_rules, fit_rules, load_rules
 
 TESTS = Path(__file__).resolve().parent
@@ -45,6 +45,23 @@ def test_predictor_at_its_start_is_the_channel_rule(tiny64, images64):
     expected = pyexplain.explain(tiny64, images64, "lpr", rules=channel).attribution
     torch.testing.assert_close(pyexplain.explain(tiny64, images64, "lpr", rules=predictor).attribution, expected,
                                rtol=1e-12, atol=1e-14)
+
+
+def test_predictor_reads_the_principal_directions_at_its_start(tiny64, images64):
+    """``D``'s rows start as the top principal directions of ``u = f / s`` over the fitting images:
+    ``D·Cov(u)·Dᵀ`` is the diagonal of ``Cov(u)``'s largest eigenvalues, computed here with numpy.
+    (One step leaves ``D`` as it was: with ``U = 0`` its gradient is zero.)"""
+    rules = fit_rules(tiny64, images64, iterations=1, family="predictor", rank=2)
+    graph = RuleGraph.build(tiny64, images64, Targets(None), variant="feature", f_ref=None,
+                            keep_activation_mask=True, head=False)
+    for site, predictor in zip(graph.sites, rules["predictors"]):
+        rows = site.shift.detach().transpose(0, 1).flatten(1).numpy()
+        scale = np.abs(rows).mean(1)
+        np.testing.assert_allclose(predictor["scale"].numpy(), scale, rtol=1e-10)
+        covariance = np.cov(rows / scale[:, None], bias=True)
+        down = predictor["down"].numpy()
+        np.testing.assert_allclose(down @ covariance @ down.T, np.diag(np.linalg.eigvalsh(covariance)[::-1][:2]),
+                                   atol=1e-9 * np.abs(covariance).max())
 
 
 def test_predictor_second_order_gradients(tiny64, images64):
@@ -108,13 +125,41 @@ def test_deletion_loss_by_hand():
         assert float(loss[row]) == pytest.approx(expected, rel=1e-9)
 
 
-def test_predictor_fit_resumes_exactly(tiny64, images64):
-    """Predictor and deletion objective: 2 + 2 steps (resumed with the Adam state of every tensor)
+def test_insertion_loss_by_hand():
+    """Hard masks again: the top ``k·H·W − 1`` pixels of the image are put into its blurred copy, the
+    pixel at rank ``k·H·W`` half; on a linear model the target's softmax probability of each mix is
+    computed here pixel by pixel, and the loss is minus their mean."""
+    from pyexplain.metrics.insertion import blurred
+
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 10, 10, generator=generator, dtype=torch.float64)
+    weight = torch.randn(3, 1, 10, 10, generator=generator, dtype=torch.float64)
+    attribution = torch.randn(2, 1, 10, 10, generator=generator, dtype=torch.float64)
+    target = torch.tensor([1, 2])
+    fractions = (0.05, 0.3)
+    loss = insertion_losses(_Linear(weight), x, attribution, target, fractions, temperature=1e-9)
+    base = blurred(x)
+    for row in range(2):
+        order = attribution[row].flatten().argsort(descending=True).tolist()
+        expected = 0.0
+        for k in fractions:
+            count = round(k * 100)
+            share = torch.zeros(100, dtype=torch.float64)
+            share[order[:count - 1]], share[order[count - 1]] = 1.0, 0.5
+            mixed = base[row].flatten() + (x[row] - base[row]).flatten() * share
+            logits = [float((weight[c].flatten() * mixed).sum()) for c in range(3)]
+            expected -= np.exp(logits[target[row]]) / sum(np.exp(v) for v in logits) / len(fractions)
+        assert float(loss[row]) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("objective", ["deletion", "deletion_insertion"])
+def test_predictor_fit_resumes_exactly(tiny64, images64, objective):
+    """Predictor and the curve objectives: 2 + 2 steps (resumed with the Adam state of every tensor)
     equal 4; the file's settings and tensors check."""
-    whole = fit_rules(tiny64, images64, iterations=4, family="predictor", rank=2, objective="deletion")
-    first = fit_rules(tiny64, images64, iterations=2, family="predictor", rank=2, objective="deletion")
+    whole = fit_rules(tiny64, images64, iterations=4, family="predictor", rank=2, objective=objective)
+    first = fit_rules(tiny64, images64, iterations=2, family="predictor", rank=2, objective=objective)
     resumed = fit_rules(tiny64, images64, iterations=2, resume=first)
-    assert resumed["family"] == "predictor" and resumed["objective"] == "deletion" and resumed["iterations"] == 4
+    assert resumed["family"] == "predictor" and resumed["objective"] == objective and resumed["iterations"] == 4
     for a, b in zip(whole["predictors"], resumed["predictors"]):
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-12, atol=1e-12)

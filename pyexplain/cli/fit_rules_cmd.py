@@ -38,8 +38,8 @@ def fit_rules_command(
         "at every position from the activation; exports like channel rules).")] = "channel",
     rank: Annotated[int, typer.Option("--rank", metavar="INT", help="The predictor's rank (--family predictor).")] = 4,
     objective: Annotated[str, typer.Option(
-        "--objective", metavar="NAME", help="lpr (the paper's sign-aware masking loss) or deletion (a soft "
-        "MoRF curve over 1-5 % of the pixels).")] = "lpr",
+        "--objective", metavar="NAME", help="lpr (the paper's sign-aware masking loss), deletion (a soft "
+        "MoRF curve over 1-5 % of the pixels) or deletion_insertion (that curve minus a soft insertion curve).")] = "lpr",
     batch_size: Annotated[int, typer.Option(
         "--batch-size", metavar="INT", help="Images per chunk (more images: chunks are recomputed each step).")] = 8,
     val: Annotated[list[str], typer.Option(

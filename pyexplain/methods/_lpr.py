@@ -299,27 +299,54 @@ def row_losses(model: nn.Module, x: Tensor, attribution: Tensor, target: Tensor,
 
 #: The removal budgets of :func:`deletion_losses`: 1 % to 5 % of the pixels, MoRF's range (SPEC §6).
 DELETION_FRACTIONS = (0.01, 0.02, 0.03, 0.04, 0.05)
+#: The insertion budgets of :func:`insertion_losses`: points along the RISE insertion curve.
+INSERTION_FRACTIONS = (0.05, 0.1, 0.2, 0.35, 0.5)
+
+
+def soft_top_masks(attribution: Tensor, fractions: tuple[float, ...], temperature: float) -> Tensor:
+    """``M_k = σ((â − q_k) / τ)`` ``[N, len(fractions), H·W]``: the soft mask of each map's top ``k``
+    pixels, with ``â = a / max|a|`` the channel-summed map scaled per image and ``q_k`` its value at
+    rank ``k·H·W`` (a constant)."""
+    a = attribution.sum(1).flatten(1)
+    a = a / a.abs().amax(1, keepdim=True).clamp_min(1e-12)
+    ranked = a.detach().sort(1, descending=True).values
+    ranks = torch.tensor([max(round(k * a.shape[1]) - 1, 0) for k in fractions], device=a.device)
+    return torch.sigmoid((a[:, None] - ranked[:, ranks][..., None]) / temperature)
 
 
 def deletion_losses(model: nn.Module, x: Tensor, attribution: Tensor, target: Tensor, clean_scores: Tensor, score,
                     fractions: tuple[float, ...] = DELETION_FRACTIONS, temperature: float = 0.05) -> Tensor:
     """Per-row soft MoRF curve (amortized LPR's ``objective="deletion"``, beyond the paper):
 
-        L = mean_k F_t(I ⊙ (1 − M_k)) / |F_t(I)|,    M_k = σ((â − q_k) / τ)
+        L = mean_k F_t(I ⊙ (1 − M_k)) / |F_t(I)|,    M_k = :func:`soft_top_masks`
 
-    with ``â = a / max|a|`` the channel-summed map scaled per image, ``q_k`` its value at rank
-    ``k·H·W`` (a constant: the top ``k`` of the pixels are removed, softly) and ``τ = temperature``.
-    The removed pixels go to 0, MoRF's reference. One pass of ``N·len(fractions)`` rows; ``[N]``."""
+    (the top ``k`` of the pixels are removed, softly, with ``τ = temperature``). The removed pixels go
+    to 0, MoRF's reference. One pass of ``N·len(fractions)`` rows; ``[N]``."""
     n, budgets = x.shape[0], len(fractions)
-    a = attribution.sum(1).flatten(1)
-    a = a / a.abs().amax(1, keepdim=True).clamp_min(1e-12)
-    ranked = a.detach().sort(1, descending=True).values
-    ranks = torch.tensor([max(round(k * a.shape[1]) - 1, 0) for k in fractions], device=a.device)
-    thresholds = ranked[:, ranks]  # [N, budgets]
-    keep = 1 - torch.sigmoid((a[:, None] - thresholds[..., None]) / temperature)  # [N, budgets, H·W]
+    keep = 1 - soft_top_masks(attribution, fractions, temperature)
     removed = x.detach()[:, None] * keep.view(n, budgets, 1, *x.shape[-2:])
     scores = target_scores(model(removed.flatten(0, 1)), target.repeat_interleave(budgets), score).view(n, budgets)
     return (scores / clean_scores.detach().abs().clamp_min(1e-6)[:, None]).mean(1)
+
+
+def insertion_losses(model: nn.Module, x: Tensor, attribution: Tensor, target: Tensor,
+                     fractions: tuple[float, ...] = INSERTION_FRACTIONS, temperature: float = 0.05) -> Tensor:
+    """Per-row soft RISE insertion curve, negated (part of amortized LPR's
+    ``objective="deletion_insertion"``, beyond the paper):
+
+        L = −mean_k p_t(B ⊙ (1 − M_k) + I ⊙ M_k),    M_k = :func:`soft_top_masks`
+
+    with ``B`` the insertion metric's blurred image and ``p_t`` the softmax probability of the
+    target, the insertion metric's score. One pass of ``N·len(fractions)`` rows; ``[N]``."""
+    from ..metrics.insertion import blurred
+
+    n, budgets = x.shape[0], len(fractions)
+    keep = soft_top_masks(attribution, fractions, temperature).view(n, budgets, 1, *x.shape[-2:])
+    x = x.detach()
+    base = blurred(x)
+    inserted = base[:, None] + (x - base)[:, None] * keep
+    scores = target_scores(model(inserted.flatten(0, 1)), target.repeat_interleave(budgets), "probability")
+    return -scores.view(n, budgets).mean(1)
 
 
 def initial_weights(sites: list[RuleSite], arch: str, rows: int, init: float, init_std: float, seed: int,
