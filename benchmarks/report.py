@@ -376,8 +376,8 @@ def lpr_section(report: Report) -> str:
     here = Path(__file__).resolve().parent
     parts = ["## LPR: stability, localization, generalization\n\n"
              "Per-image LPR with the paper's settings (ungated rule, lr 0.2), the masked rule at lr 0.2, and the "
-             "defaults (masked rule, lr 0.007); DMBP's defaults; amortized rules (channel and predictor families, LPR "
-             "and deletion objectives) on held-out images; "
+             "defaults (masked rule, lr 0.007); DMBP's defaults; amortized rules (channel and predictor families; LPR, "
+             "deletion and deletion + insertion objectives) on held-out images; "
              "against Grad×Input, IG and SmoothGrad². Why the defaults changed: `benchmarks/RESULTS.md` (LPR).\n"]
     for script, arguments in LPR_STUDIES:
         output = subprocess.run([sys.executable, str(here / script), *arguments], check=True, capture_output=True,

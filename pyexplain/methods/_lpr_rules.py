@@ -56,7 +56,7 @@ class _RuleParameters:
     @classmethod
     def initial(cls, sites: list[RuleSite], init: float, statistics: list[tuple[Tensor, Tensor]] | None, rank: int,
                 seed: int) -> "_RuleParameters":
-        """``b = init``; with ``statistics`` (the predictor family's ``s`` and second moments of ``u`` per
+        """``b = init``; with ``statistics`` (the predictor family's ``s`` and the covariance of ``u`` per
         site, :func:`_activation_statistics`) predictors that start as the channel rule (``a = U = 0``),
         with ``D``'s rows the top ``rank`` principal directions of ``u`` (rows beyond ``C`` seeded
         ``N(0, 1/C)``)."""
@@ -159,7 +159,7 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
             _check_match(resume, kept[0].sites)
             parameters = _RuleParameters.stored(resume, images)
         else:
-            statistics = _activation_statistics(itertools.chain([kept], map(build, chunks[1:])), images.shape[0]) \
+            statistics = _activation_statistics(itertools.chain([kept], map(build, chunks[1:]))) \
                 if family == "predictor" else None
             parameters = _RuleParameters.initial(kept[0].sites, init, statistics, rank, seed)
         if len(chunks) > 1:
@@ -227,13 +227,16 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
     }
 
 
-def _activation_statistics(graphs: Iterable[tuple[RuleGraph, Targets]], images: int) -> list[tuple[Tensor, Tensor]]:
+def _activation_statistics(graphs: Iterable[tuple[RuleGraph, Targets]]) -> list[tuple[Tensor, Tensor]]:
     """Per site over all images and positions: ``s``, the mean ``|f − f_ref|`` per channel (the
-    predictor's scale), and the covariance ``[C, C]`` of ``u = (f − f_ref) / s`` (float64)."""
+    predictor's scale, in the activations' dtype), and the covariance ``[C, C]`` of
+    ``u = (f − f_ref) / s`` (float64)."""
     totals: list[list[Tensor]] | None = None
+    dtype = None
     for graph, _ in graphs:
         sums = []
         for site in graph.sites:
+            dtype = site.shift.dtype
             rows = site.shift.detach().transpose(0, 1).flatten(1).double()  # [C, positions]
             sums.append([rows.abs().sum(1), rows.sum(1), rows @ rows.t(), torch.tensor(float(rows.shape[1]))])
         if totals is not None and len(totals) != len(sums):
@@ -244,7 +247,7 @@ def _activation_statistics(graphs: Iterable[tuple[RuleGraph, Targets]], images: 
         scale = (absolute / count).clamp_min(1e-6)
         mean = first / count
         covariance = (second / count - torch.outer(mean, mean)) / torch.outer(scale, scale)
-        statistics.append((scale.to(graph.sites[0].shift.dtype), covariance))
+        statistics.append((scale.to(dtype), covariance))
     return statistics
 
 
