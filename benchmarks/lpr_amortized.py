@@ -17,7 +17,7 @@ per step on the synthetic shapes, the default step on photos; higher is better) 
 seconds per held-out image (one thread).
 
     PYTHONPATH=. python benchmarks/lpr_amortized.py --fit 1024 --n 256 --iterations 30 --configs 0,1,4,5,6
-    PYTHONPATH=. python benchmarks/lpr_amortized.py --photos --views 7 --iterations 20 --batch-size 8 --configs 0,1
+    PYTHONPATH=. python benchmarks/lpr_amortized.py --photos --views 7 --iterations 20 --batch-size 8 --configs 0,1,6
 """
 from __future__ import annotations
 

@@ -365,7 +365,7 @@ LPR_STUDIES = (
     ("lpr_stability.py", ["--settings", "paper,masked_lr0.2,default,dmbp"]),
     ("lpr_localization.py", ["--n", "64"]),
     ("lpr_amortized.py", ["--fit", "1024", "--n", "256", "--iterations", "30", "--configs", "0,1,4,5,6"]),
-    ("lpr_amortized.py", ["--photos", "--views", "7", "--iterations", "20", "--batch-size", "8", "--configs", "0,1"]),
+    ("lpr_amortized.py", ["--photos", "--views", "7", "--iterations", "20", "--batch-size", "8", "--configs", "0,1,6"]),
 )
 
 
