@@ -76,7 +76,7 @@ class _RuleParameters:
                 "self": like.new_zeros(channels).requires_grad_(True),
                 "up": like.new_zeros(channels, rank).requires_grad_(True),
                 "down": down.to(like.device).requires_grad_(True),
-                "scale": scale,
+                "scale": scale.to(like),
             })
         return cls(biases, predictors)
 
@@ -228,15 +228,12 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
 
 
 def _activation_statistics(graphs: Iterable[tuple[RuleGraph, Targets]]) -> list[tuple[Tensor, Tensor]]:
-    """Per site over all images and positions: ``s``, the mean ``|f − f_ref|`` per channel (the
-    predictor's scale, in the activations' dtype), and the covariance ``[C, C]`` of
-    ``u = (f − f_ref) / s`` (float64)."""
+    """Per site over all images and positions, in float64: ``s``, the mean ``|f − f_ref|`` per channel
+    (the predictor's scale), and the covariance ``[C, C]`` of ``u = (f − f_ref) / s``."""
     totals: list[list[Tensor]] | None = None
-    dtype = None
     for graph, _ in graphs:
         sums = []
         for site in graph.sites:
-            dtype = site.shift.dtype
             rows = site.shift.detach().transpose(0, 1).flatten(1).double()  # [C, positions]
             sums.append([rows.abs().sum(1), rows.sum(1), rows @ rows.t(), torch.tensor(float(rows.shape[1]))])
         if totals is not None and len(totals) != len(sums):
@@ -247,7 +244,7 @@ def _activation_statistics(graphs: Iterable[tuple[RuleGraph, Targets]]) -> list[
         scale = (absolute / count).clamp_min(1e-6)
         mean = first / count
         covariance = (second / count - torch.outer(mean, mean)) / torch.outer(scale, scale)
-        statistics.append((scale.to(dtype), covariance))
+        statistics.append((scale, covariance))
     return statistics
 
 
