@@ -114,7 +114,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pyexplain", "pyexplain.*"]),
-    package_data={"pyexplain": ["csrc/*"]},  # compiled at first use when no build ships with the package
+    # The C++ sources (compiled at first use when no build ships) and the small models' trained weights.
+    package_data={"pyexplain": ["csrc/*", "data/weights/*.pt"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

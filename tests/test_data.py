@@ -95,7 +95,7 @@ def test_two_class_images_hold_two_separate_classes():
 
 @pytest.mark.slow
 def test_region_map_wins_pointing_game_and_beats_a_random_map_on_insertion():
-    """On the trained synthetic ResNet (cached; trained on first use), the ground-truth region as a
+    """On the trained synthetic ResNet (shipped weights), the ground-truth region as a
     map scores a perfect pointing game and full relevance mass, and inserts better than random."""
     model, test = load_synthetic_model("synthetic_resnet")
     assert accuracy(model, test) > 0.95
@@ -110,7 +110,40 @@ def test_region_map_wins_pointing_game_and_beats_a_random_map_on_insertion():
     assert insertion(model, x, truth, y, pixels_per_step=step).auc.mean() > insertion(model, x, noise, y, pixels_per_step=step).auc.mean() + 0.1
 
 
+def test_shipped_weights_are_checked_then_used_without_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYEXPLAIN_CACHE", str(tmp_path / "cache"))
+    assert sorted(p.name for p in cache.SHIPPED_DIR.iterdir()) == sorted(cache.SHIPPED_SHA256)
+    digits, digits_test = load_digits_cnn()
+    assert accuracy(digits, digits_test) > 0.95
+    for name in ("synthetic_vgg", "synthetic_resnet"):
+        model, test = load_synthetic_model(name)
+        shipped = cache.shipped_state(f"{name}-v1-seed0.pt")
+        assert model.state_dict().keys() == shipped.keys()
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in shipped.items())
+        assert accuracy(model, Split(test.x, test.y)) > 0.95
+    assert not (tmp_path / "cache").exists()  # nothing trained, nothing cached
+
+    damaged = tmp_path / "weights"
+    damaged.mkdir()
+    for name in cache.SHIPPED_SHA256:
+        data = bytearray((cache.SHIPPED_DIR / name).read_bytes())
+        data[len(data) // 2] ^= 1
+        (damaged / name).write_bytes(bytes(data))
+    monkeypatch.setattr(cache, "SHIPPED_DIR", damaged)
+    with pytest.raises(PyExplainError, match=r"shipped with pyexplain is damaged .*; reinstall pyexplain$"):
+        load_synthetic_model("synthetic_resnet")
+    (damaged / "digits_cnn-v1-seed0.pt").unlink()
+    with pytest.raises(PyExplainError, match=r"cannot be read .*; reinstall pyexplain$"):
+        load_digits_cnn()
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.slow
-def test_digits_cnn_is_accurate():
-    model, test = load_digits_cnn()
+def test_the_training_recipe_reproduces_a_model_as_accurate_as_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYEXPLAIN_CACHE", str(tmp_path / "cache"))
+    model, test = load_digits_cnn(retrain=True)
     assert accuracy(model, test) > 0.95
+    assert not (tmp_path / "cache").exists()  # seed 0 reads the shipped file: a retrained copy is not cached
+    other, other_test = load_digits_cnn(seed=1)
+    assert accuracy(other, other_test) > 0.95
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["digits_cnn-v1-seed1.pt"]

@@ -3,10 +3,12 @@ import csv
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from cli_support import run_cli
-
+from pyexplain import load_model
+from pyexplain.data import cache
 
 
 def test_evaluate_writes_table_csv_json_plots_and_html(tmp_path, capsys):
@@ -66,14 +68,18 @@ def test_compare_writes_one_figure(tmp_path, capsys):
     assert code == 2 and "test:N" in err
 
 
-def test_data_and_train_commands(tmp_path, capsys):
+def test_data_and_train_commands(tmp_path, capsys, monkeypatch):
     code, _, _ = run_cli(["data", "synthetic_two_class", "--n", "2", "--out", str(tmp_path)], capsys)
     assert code == 0
     labels = json.loads((tmp_path / "labels.json").read_text())
     assert len(labels) == 2 and all(len(r["labels"]) == 2 for r in labels)
     assert Image.open(tmp_path / "synthetic_two_class_0_region.png").size == (32, 32)
-    code, stdout, _ = run_cli(["train", "digits_cnn"], capsys)
-    assert code == 0 and "test accuracy 0.9" in stdout
+    code, stdout, _ = run_cli(["train", "digits_cnn", "--out", str(tmp_path / "digits.pt")], capsys)
+    assert code == 0 and "test accuracy 0.9" in stdout and "weights shipped with pyexplain; written to" in stdout
+    assert load_model("digits_cnn", weights=tmp_path / "digits.pt")[0](torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    monkeypatch.setattr(cache, "SHIPPED_DIR", tmp_path / "nowhere")
+    code, stdout, err = run_cli(["train", "synthetic_vgg"], capsys)
+    assert code == 2 and stdout == "" and err.startswith("error: the weights file ") and err.count("\n") == 1
     code, _, err = run_cli(["data", "imagenet", "--out", str(tmp_path)], capsys)
     assert code == 2 and "unknown dataset" in err
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pyexplain import _build
+from pyexplain.data.cache import SHIPPED_SHA256
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow,
@@ -46,6 +47,7 @@ def test_plain_install_builds_the_kernels_at_first_use(tmp_path):
     assert install.returncode == 0, install.stderr[-2000:]
     installed = Path(site, "pyexplain")
     assert (installed / "csrc" / "bindings.cpp").is_file() and not list(installed.glob("_C*"))
+    assert sorted(p.name for p in (installed / "data" / "weights").iterdir()) == sorted(SHIPPED_SHA256)
 
     env = {**os.environ, "PYEXPLAIN_CACHE": str(tmp_path / "cache")}
     env.pop("PYTHONPATH", None)

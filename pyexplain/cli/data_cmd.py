@@ -1,5 +1,5 @@
-"""``pyexplain data NAME`` writes sample images (and evidence masks); ``pyexplain train MODEL`` trains
-(or loads from the cache) a small model and prints its test accuracy."""
+"""``pyexplain data NAME`` writes sample images (and evidence masks); ``pyexplain train MODEL`` loads
+(shipped or cached weights) or trains a small model and prints its test accuracy."""
 from __future__ import annotations
 
 import json
@@ -70,22 +70,33 @@ def data_command(
 def train_command(
     model: Annotated[str, typer.Argument(metavar="MODEL", help=f"One of: {', '.join(SMALL_MODELS)}.", show_default=False)],
     seed: Annotated[int, typer.Option("--seed", metavar="INT", help="Seed of the split, the initialization and the batches.")] = 0,
-    retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if a cached model exists.")] = False,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train anew instead of loading the shipped or cached weights.")] = False,
+    out: Annotated[Path | None, out_option("Also write the weights to this file (a state dict, for --weights FILE).")] = None,
 ) -> None:
-    """Train a small model (or load it); print its accuracy.
+    """Load a small model (or train it); print its test accuracy.
 
-    Training is deterministic given --seed; the model is cached."""
-    from ..data.cache import cache_dir
+    Seed 0's weights ship with pyexplain, so every machine uses the same model; other seeds are
+    trained on first use and cached. Training is deterministic given --seed on one machine; another
+    CPU rounds differently and trains slightly different weights."""
+    import torch
+
+    from ..data.cache import weights_name, weights_source
     from ..data.training import accuracy
+    from ..io import atomic_write, check_output_file
 
     if model not in SMALL_MODELS:
         raise PyExplainError(f"unknown small model {model!r}; available: {', '.join(SMALL_MODELS)}")
+    if out is not None:
+        check_output_file(out)
     if model == "digits_cnn":
-        from ..data.digits import load_digits_cnn
+        from ..data.digits import VERSION, load_digits_cnn
 
         net, test = load_digits_cnn(seed, retrain=retrain)
     else:
-        from ..data.synthetic_models import load_synthetic_model
+        from ..data.synthetic_models import VERSION, load_synthetic_model
 
         net, test = load_synthetic_model(model, seed, retrain=retrain)
-    print(f"{model} (seed {seed}): test accuracy {accuracy(net, test):.4f} on {len(test)} images; cache {cache_dir()}")
+    if out is not None:
+        atomic_write(out, lambda tmp: torch.save(net.state_dict(), tmp))
+    source = weights_source(weights_name(model, VERSION, seed), retrain) + (f"; written to {out}" if out else "")
+    print(f"{model} (seed {seed}): test accuracy {accuracy(net, test):.4f} on {len(test)} images; weights {source}")

@@ -8,11 +8,11 @@ from . import app
 
 @app.command("models")
 def models_command() -> None:
-    """List the models and how their weights are had here (embedded, cached, or downloaded on first use)."""
+    """List the models and how their weights are had here (embedded, shipped, cached, or downloaded on first use)."""
     for name in (DEFAULT_MODEL,) + TORCHVISION_MODELS:
         print(f"{name:20s} {weights_status(name)}")
     for name in SMALL_MODELS:
-        print(f"{name:20s} trained by pyexplain on first use, cached (pyexplain train {name})")
+        print(f"{name:20s} trained by pyexplain, weights shipped with the package (pyexplain train {name})")
     print("timm:NAME            timm's image classifiers (pip install 'pyexplain[timm]'); pretrained weights from "
           "the Hugging Face Hub cache, else downloaded on first use")
     print("package.module:factory  your own model (--weights FILE for its state dict)")

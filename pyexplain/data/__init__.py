@@ -1,3 +1,3 @@
-"""Datasets and small models trained by the project's own code (SPEC §8), cached per user."""
+"""Datasets and small models trained by the project's own code (SPEC §8); seed 0's weights ship with the package."""
 
-from ..model_catalog import SMALL_MODELS  # noqa: F401  (the small models: trained and cached on first use)
+from ..model_catalog import SMALL_MODELS  # noqa: F401  (the small models: trained by pyexplain, weights shipped)

@@ -4,7 +4,8 @@ digits (1,797 8×8 images, no download), the LPR paper's MNIST setting in miniat
 Images are upsampled bilinearly to 28×28 (MNIST's size) and scaled to ``[0, 1]`` (ink = 1), so the
 reference input 0 is blank paper. The split (80% train / 20% test, stratified by nothing but a
 seeded permutation) and the training (Adam, one-cycle schedule, 8 epochs) are deterministic from
-``seed``; the trained weights are cached in :func:`pyexplain.data.cache.cache_dir`.
+``seed``; seed 0's weights ship with the package, other seeds' are trained on first use and cached
+(:mod:`pyexplain.data.cache`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..preprocess import Preprocess, as_pil
-from .cache import cached_state
+from .cache import trained_state, weights_name
 from .training import Split, accuracy, seeded_init, train_classifier
 
 SIZE = 28
@@ -76,15 +77,16 @@ def train_digits_cnn(train: Split, seed: int = 0, epochs: int = EPOCHS) -> Digit
 
 
 def load_digits_cnn(seed: int = 0, device: str | torch.device = "cpu", retrain: bool = False) -> tuple[DigitsCNN, Split]:
-    """The trained digits CNN (eval mode, on ``device``) and its test split; trains and caches it on first use."""
+    """The trained digits CNN (eval mode, on ``device``) and its test split: the shipped weights for seed
+    0, else trained and cached on first use (``retrain``: trained anew)."""
     train, test = digits_splits(seed)
-    state = cached_state(f"digits_cnn-v{VERSION}-seed{seed}.pt", lambda: train_digits_cnn(train, seed).state_dict(), retrain)
+    state = trained_state(weights_name("digits_cnn", VERSION, seed), lambda: train_digits_cnn(train, seed).state_dict(), retrain)
     model = DigitsCNN()
     model.load_state_dict(state)
     return model.to(device).eval(), test
 
 
 def digits_accuracy(seed: int = 0) -> float:
-    """Test accuracy of the cached digits CNN for ``seed``."""
+    """Test accuracy of the digits CNN for ``seed``."""
     model, test = load_digits_cnn(seed)
     return accuracy(model, test)

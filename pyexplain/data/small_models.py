@@ -1,6 +1,6 @@
 """The small models by name (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``) for
-:func:`pyexplain.load_model`: trained and cached on first use, or loaded from a weights file; and
-their data and training recipe for ROAR (:func:`roar_task`)."""
+:func:`pyexplain.load_model`: the shipped weights (seed 0; other seeds trained and cached on first
+use), or a weights file; and their data and training recipe for ROAR (:func:`roar_task`)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -22,7 +22,7 @@ SYNTHETIC_PREPROCESS = Preprocess(SIZE, (MEAN,) * 3, (STD,) * 3, CLASSES)
 
 def load_small_model(name: str, weights: str | None = None, random_weights: bool = False, seed: int = 0) -> tuple[nn.Module, Preprocess]:
     """``(model, preprocess)`` for a small model (CPU, eval mode). ``weights``: a state-dict file
-    instead of the cached training; ``random_weights``: the untrained initialization."""
+    instead of the shipped (or cached) training; ``random_weights``: the untrained initialization."""
     if name == "digits_cnn":
         factory, preprocess = DigitsCNN, DIGITS_PREPROCESS
     else:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .cache import cached_state
+from .cache import trained_state, weights_name
 from .synthetic import CLASSES, SyntheticSet, make_synthetic
 from .training import Split, seeded_init, train_classifier
 
@@ -97,9 +97,9 @@ def train_synthetic_model(name: str, train: Split, seed: int = 0, epochs: int | 
 
 
 def load_synthetic_model(name: str, seed: int = 0, device: str | torch.device = "cpu", retrain: bool = False) -> tuple[nn.Module, SyntheticSet]:
-    """The trained ``synthetic_vgg`` / ``synthetic_resnet`` (eval mode) and its single-shape test set;
-    trains and caches it on first use."""
-    state = cached_state(f"{name}-v{VERSION}-seed{seed}.pt",
+    """The trained ``synthetic_vgg`` / ``synthetic_resnet`` (eval mode) and its single-shape test set:
+    the shipped weights for seed 0, else trained and cached on first use (``retrain``: trained anew)."""
+    state = trained_state(weights_name(name, VERSION, seed),
                          lambda: train_synthetic_model(name, synthetic_train_set(seed), seed).state_dict(), retrain)
     model = ARCHITECTURES[name][0]()
     model.load_state_dict(state)

@@ -71,7 +71,7 @@ def load_model(
     ``name``: ``"efficientnet_lite0"`` (default, real ImageNet weights from an installed package),
     any torchvision classification name (its default ImageNet weights from the torch hub cache, else
     downloaded by torchvision with its hash check; or ``weights``), a small model
-    (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``: trained and cached on first use),
+    (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``: trained by pyexplain, weights shipped with the package),
     ``"timm:NAME"`` (timm's classifier, its pretrained weights resolved by timm: Hugging Face Hub
     cache, else downloaded), or ``"package.module:factory"`` (the user's own model, ``weights`` a
     state-dict file).
@@ -96,7 +96,7 @@ def load_model(
         preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, imagenet_labels())
     elif name in torchvision_names():
         model, preprocess = load_torchvision(name, weights, random_weights, allow_download=not _offline(offline, hub.offline))
-    elif name in SMALL_MODELS:  # trained by pyexplain.data on first use, then cached
+    elif name in SMALL_MODELS:  # trained by pyexplain.data, weights shipped with the package
         from ..data.small_models import load_small_model
 
         model, preprocess = load_small_model(name, weights, random_weights)
