@@ -2,9 +2,9 @@
 
 - **Shipped** (seed 0 of every small model): state-dict files inside the package
   (``pyexplain/data/weights/``), checked against :data:`SHIPPED_SHA256` before they are read. Training
-  in float32 follows the CPU's rounding (AVX2 against AVX-512, one vendor's cores against another's),
-  so a model trained on first use differs from machine to machine; the shipped file makes every
-  machine explain and judge one model. ``python -m pyexplain.data.ship_weights`` retrains them.
+  in float32 follows the CPU's rounding (an AMD EPYC with AVX2 and an Intel Xeon with AVX-512 trained
+  different synthetic models from one seed), so a model trained on first use differs from machine to
+  machine; the shipped file makes every machine explain and judge one model. ``python -m pyexplain.data.ship_weights`` retrains them.
 - **Cached** (other seeds, or retrained): ``$PYEXPLAIN_CACHE``, else ``$XDG_CACHE_HOME/pyexplain``,
   else ``~/.cache/pyexplain``; trained on first use.
 
