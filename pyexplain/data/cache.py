@@ -4,7 +4,8 @@
   (``pyexplain/data/weights/``), checked against :data:`SHIPPED_SHA256` before they are read. Training
   in float32 follows the CPU's rounding (an AMD EPYC with AVX2 and an Intel Xeon with AVX-512 trained
   different synthetic models from one seed), so a model trained on first use differs from machine to
-  machine; the shipped file makes every machine explain and judge one model. ``python -m pyexplain.data.ship_weights`` retrains them.
+  machine; the shipped file makes every machine explain and judge one model.
+  ``python -m pyexplain.data.ship_weights`` retrains them.
 - **Cached** (other seeds, or retrained): ``$PYEXPLAIN_CACHE``, else ``$XDG_CACHE_HOME/pyexplain``,
   else ``~/.cache/pyexplain``; trained on first use.
 
@@ -13,6 +14,7 @@ Files are written atomically and read with ``weights_only=True``.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Callable
@@ -49,7 +51,7 @@ def cached_state(name: str, train: Callable[[], dict[str, Tensor]], retrain: boo
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # a corrupt cache entry is rebuilt, never trusted
             pass
-    state = _detached(train())
+    state = detached_copy(train())
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return state
 
@@ -67,7 +69,7 @@ def shipped_state(name: str) -> dict[str, Tensor]:
     if digest != SHIPPED_SHA256[name]:
         raise PyExplainError(f"the weights file {path} shipped with pyexplain is damaged (SHA-256 {digest[:16]}…, "
                              f"expected {SHIPPED_SHA256[name][:16]}…); reinstall pyexplain")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # the bytes that were checked
 
 
 def trained_state(name: str, train: Callable[[], dict[str, Tensor]], retrain: bool = False) -> dict[str, Tensor]:
@@ -75,7 +77,7 @@ def trained_state(name: str, train: Callable[[], dict[str, Tensor]], retrain: bo
     first use). ``retrain``: ``train()`` anew; cached unless a shipped file has that name (it would never
     be read)."""
     if name in SHIPPED_SHA256:
-        return _detached(train()) if retrain else shipped_state(name)
+        return detached_copy(train()) if retrain else shipped_state(name)
     return cached_state(name, train, retrain)
 
 
@@ -91,5 +93,6 @@ def weights_source(name: str, retrain: bool = False) -> str:
     return "trained now, not cached (this seed uses the weights shipped with pyexplain)" if retrain else "shipped with pyexplain"
 
 
-def _detached(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def detached_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A CPU copy of ``state`` without autograd history."""
     return {k: v.detach().cpu().clone() for k, v in state.items()}

@@ -9,7 +9,7 @@ import hashlib
 import torch
 
 from ..io import atomic_write
-from .cache import SHIPPED_DIR, weights_name
+from .cache import SHIPPED_DIR, detached_copy, weights_name
 from .digits import VERSION as DIGITS_VERSION, digits_splits, train_digits_cnn
 from .synthetic_models import ARCHITECTURES, VERSION as SYNTHETIC_VERSION, synthetic_train_set, train_synthetic_model
 
@@ -19,7 +19,7 @@ def main() -> None:
     for name in ARCHITECTURES:
         trained[weights_name(name, SYNTHETIC_VERSION, 0)] = lambda name=name: train_synthetic_model(name, synthetic_train_set(0), 0)
     for file, train in trained.items():
-        state = {k: v.detach().cpu().clone() for k, v in train().state_dict().items()}
+        state = detached_copy(train().state_dict())
         path = atomic_write(SHIPPED_DIR / file, lambda tmp: torch.save(state, tmp))
         print(f'    "{file}": "{hashlib.sha256(path.read_bytes()).hexdigest()}",', flush=True)
 

@@ -71,7 +71,8 @@ def load_model(
     ``name``: ``"efficientnet_lite0"`` (default, real ImageNet weights from an installed package),
     any torchvision classification name (its default ImageNet weights from the torch hub cache, else
     downloaded by torchvision with its hash check; or ``weights``), a small model
-    (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``: trained by pyexplain, weights shipped with the package),
+    (``digits_cnn``, ``synthetic_vgg``, ``synthetic_resnet``: trained by pyexplain, weights shipped
+    with the package),
     ``"timm:NAME"`` (timm's classifier, its pretrained weights resolved by timm: Hugging Face Hub
     cache, else downloaded), or ``"package.module:factory"`` (the user's own model, ``weights`` a
     state-dict file).
