@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, measure  # noqa: E402
 
 import pyexplain  # noqa: E402
-from pyexplain.data.training import Split, accuracy  # noqa: E402
+from pyexplain.data.training import accuracy  # noqa: E402
 from pyexplain.evaluation import load_eval_set  # noqa: E402
 from pyexplain.metrics import (  # noqa: E402
     deletion, insertion, lerf, model_randomization, morf, pointing_game, relevance_mass,
@@ -28,19 +28,14 @@ from pyexplain.models import SMALL_MODELS  # noqa: E402
 
 def training_table() -> list[str]:
     """Each small model trained anew with its own recipe (seed 0; nothing is cached), and its test accuracy."""
-    from pyexplain.data.digits import load_digits_cnn
-    from pyexplain.data.synthetic_models import load_synthetic_model
+    from pyexplain.data.small_models import trained_small_model
 
     rows = ["| model | training s | test accuracy | peak RSS MiB |", "|---|---|---|---|"]
     for name in SMALL_MODELS:
         holder = {}
 
         def train() -> None:
-            if name == "digits_cnn":
-                holder["model"], holder["test"] = load_digits_cnn(retrain=True)
-            else:
-                model, test = load_synthetic_model(name, retrain=True)
-                holder["model"], holder["test"] = model, Split(test.x, test.y)
+            holder["model"], holder["test"], _ = trained_small_model(name, retrain=True)
 
         m = measure(train, repeats=1, warmup=0)
         rows.append(f"| {name} | {m.seconds:.1f} | {accuracy(holder['model'], holder['test']):.4f} | {m.peak_mb:.0f} |")

@@ -80,7 +80,8 @@ def train_command(
     CPU rounds differently and trains slightly different weights."""
     import torch
 
-    from ..data.cache import weights_name, weights_source
+    from ..data.cache import weights_source
+    from ..data.small_models import trained_small_model
     from ..data.training import accuracy
     from ..io import atomic_write, check_output_file
 
@@ -88,15 +89,8 @@ def train_command(
         raise PyExplainError(f"unknown small model {model!r}; available: {', '.join(SMALL_MODELS)}")
     if out is not None:
         check_output_file(out)
-    if model == "digits_cnn":
-        from ..data.digits import VERSION, load_digits_cnn
-
-        net, test = load_digits_cnn(seed, retrain=retrain)
-    else:
-        from ..data.synthetic_models import VERSION, load_synthetic_model
-
-        net, test = load_synthetic_model(model, seed, retrain=retrain)
+    net, test, file = trained_small_model(model, seed, retrain)
     if out is not None:
         atomic_write(out, lambda tmp: torch.save(net.state_dict(), tmp))
-    source = weights_source(weights_name(model, VERSION, seed), retrain) + (f"; written to {out}" if out else "")
+    source = weights_source(file, retrain) + (f"; written to {out}" if out else "")
     print(f"{model} (seed {seed}): test accuracy {accuracy(net, test):.4f} on {len(test)} images; weights {source}")

@@ -51,7 +51,7 @@ def cached_state(name: str, train: Callable[[], dict[str, Tensor]], retrain: boo
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # a corrupt cache entry is rebuilt, never trusted
             pass
-    state = detached_copy(train())
+    state = _detached_copy(train())
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return state
 
@@ -77,7 +77,7 @@ def trained_state(name: str, train: Callable[[], dict[str, Tensor]], retrain: bo
     first use). ``retrain``: ``train()`` anew; cached unless a shipped file has that name (it would never
     be read)."""
     if name in SHIPPED_SHA256:
-        return detached_copy(train()) if retrain else shipped_state(name)
+        return _detached_copy(train()) if retrain else shipped_state(name)
     return cached_state(name, train, retrain)
 
 
@@ -93,6 +93,6 @@ def weights_source(name: str, retrain: bool = False) -> str:
     return "trained now, not cached (this seed uses the weights shipped with pyexplain)" if retrain else "shipped with pyexplain"
 
 
-def detached_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def _detached_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A CPU copy of ``state`` without autograd history."""
     return {k: v.detach().cpu().clone() for k, v in state.items()}

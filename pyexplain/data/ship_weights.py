@@ -9,18 +9,15 @@ import hashlib
 import torch
 
 from ..io import atomic_write
-from .cache import SHIPPED_DIR, detached_copy, weights_name
-from .digits import VERSION as DIGITS_VERSION, digits_splits, train_digits_cnn
-from .synthetic_models import ARCHITECTURES, VERSION as SYNTHETIC_VERSION, synthetic_train_set, train_synthetic_model
+from . import SMALL_MODELS
+from .cache import SHIPPED_DIR
+from .small_models import trained_small_model
 
 
 def main() -> None:
-    trained = {weights_name("digits_cnn", DIGITS_VERSION, 0): lambda: train_digits_cnn(digits_splits(0)[0], 0)}
-    for name in ARCHITECTURES:
-        trained[weights_name(name, SYNTHETIC_VERSION, 0)] = lambda name=name: train_synthetic_model(name, synthetic_train_set(0), 0)
-    for file, train in trained.items():
-        state = detached_copy(train().state_dict())
-        path = atomic_write(SHIPPED_DIR / file, lambda tmp: torch.save(state, tmp))
+    for name in SMALL_MODELS:
+        model, _, file = trained_small_model(name, seed=0, retrain=True)
+        path = atomic_write(SHIPPED_DIR / file, lambda tmp: torch.save(model.state_dict(), tmp))
         print(f'    "{file}": "{hashlib.sha256(path.read_bytes()).hexdigest()}",', flush=True)
 
 

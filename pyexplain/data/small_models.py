@@ -11,12 +11,15 @@ from ..errors import PyExplainError
 from . import SMALL_MODELS
 from ..preprocess import Preprocess
 from ..state_dicts import load_state_dict_file, load_weights
-from .digits import EPOCHS as DIGITS_EPOCHS, PREPROCESS as DIGITS_PREPROCESS, DigitsCNN, digits_splits, load_digits_cnn, train_digits_cnn
+from .cache import weights_name
+from .digits import (EPOCHS as DIGITS_EPOCHS, PREPROCESS as DIGITS_PREPROCESS, VERSION as DIGITS_VERSION, DigitsCNN,
+                     digits_splits, load_digits_cnn, train_digits_cnn)
 from .synthetic import CLASSES, MEAN, SIZE, STD
-from .synthetic_models import ARCHITECTURES, load_synthetic_model, synthetic_test_set, synthetic_train_set, train_synthetic_model
+from .synthetic_models import (ARCHITECTURES, VERSION as SYNTHETIC_VERSION, load_synthetic_model, synthetic_test_set,
+                               synthetic_train_set, train_synthetic_model)
 from .training import Split
 
-__all__ = ["SMALL_MODELS", "load_small_model", "roar_task", "check_roar_model"]
+__all__ = ["SMALL_MODELS", "load_small_model", "trained_small_model", "roar_task", "check_roar_model"]
 SYNTHETIC_PREPROCESS = Preprocess(SIZE, (MEAN,) * 3, (STD,) * 3, CLASSES)
 
 
@@ -32,8 +35,17 @@ def load_small_model(name: str, weights: str | None = None, random_weights: bool
         if weights:
             load_weights(model, load_state_dict_file(weights), weights, name)
         return model.eval(), preprocess
-    model = load_digits_cnn(seed)[0] if name == "digits_cnn" else load_synthetic_model(name, seed)[0]
-    return model, preprocess
+    return trained_small_model(name, seed)[0], preprocess
+
+
+def trained_small_model(name: str, seed: int = 0, retrain: bool = False) -> tuple[nn.Module, Split, str]:
+    """``(model, test split, weights file name)`` of a small model (CPU, eval mode): the shipped or
+    cached weights, or (``retrain``) trained anew with its own recipe."""
+    if name == "digits_cnn":
+        model, test = load_digits_cnn(seed, retrain=retrain)
+        return model, test, weights_name(name, DIGITS_VERSION, seed)
+    model, shapes = load_synthetic_model(name, seed, retrain=retrain)
+    return model, Split(shapes.x, shapes.y), weights_name(name, SYNTHETIC_VERSION, seed)
 
 
 def roar_task(name: str, seed: int = 0, epochs: int | None = None) -> tuple[Split, Split, Callable[[Split], nn.Module]]:
