@@ -5,6 +5,7 @@ every figure computed on the small models changes with them."""
 from __future__ import annotations
 
 import hashlib
+import io
 
 import torch
 
@@ -17,8 +18,10 @@ from .small_models import trained_small_model
 def main() -> None:
     for name in SMALL_MODELS:
         model, _, file = trained_small_model(name, seed=0, retrain=True)
-        path = atomic_write(SHIPPED_DIR / file, lambda tmp: torch.save(model.state_dict(), tmp))
-        print(f'    "{file}": "{hashlib.sha256(path.read_bytes()).hexdigest()}",', flush=True)
+        buffer = io.BytesIO()  # saved in memory, so the archive is not named after atomic_write's temporary file
+        torch.save(model.state_dict(), buffer)
+        atomic_write(SHIPPED_DIR / file, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        print(f'    "{file}": "{hashlib.sha256(buffer.getvalue()).hexdigest()}",', flush=True)
 
 
 if __name__ == "__main__":
