@@ -2,7 +2,8 @@
 
 ``fit_rules`` (SPEC §3 end) learns rules shared by the fitting images (top-1 class), for each
 configuration of :data:`CONFIGS` (rule family × objective, the paper's rule), and the frozen rules
-explain held-out images, against Grad×Input, IG and SmoothGrad².
+explain held-out images, against the fixed rules of the same cost (Grad×Input, DeepLIFT, ε-LRP), IG and
+SmoothGrad².
 
 - Synthetic shapes (default): fitted over the first ``--fit`` images of the model's training split,
   judged on ``--n`` test images (the report's ``make_synthetic(n, TEST_SEED_OFFSET)``, true class).
@@ -17,7 +18,7 @@ per step on the synthetic shapes, the default step on photos; higher is better) 
 seconds per held-out image (one thread).
 
     PYTHONPATH=. python benchmarks/lpr_amortized.py --fit 1024 --n 256 --iterations 30 --configs 0,1,4,5,6
-    PYTHONPATH=. python benchmarks/lpr_amortized.py --photos --views 7 --iterations 20 --batch-size 8 --configs 0,1,6
+    PYTHONPATH=. python benchmarks/lpr_amortized.py --photos --views 7 --iterations 20 --batch-size 8 --configs 0,1,6,7
 """
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ import pyexplain
 from pyexplain.metrics.insertion import insertion
 from pyexplain.metrics.pixel_flipping import morf
 
-BASELINES = [("Grad×Input", "gradxinput", {}), ("IG (16 steps)", "integrated_gradients", dict(steps=16)),
+#: (label, method, options): Grad×Input, DeepLIFT and ε-LRP cost what the amortized rules cost (one forward,
+#: one backward; DeepLIFT also one reference forward); IG, SmoothGrad² and per-image LPR cost more.
+BASELINES = [("Grad×Input", "gradxinput", {}), ("DeepLIFT (rescale)", "deeplift", {}), ("ε-LRP", "lrp_epsilon", {}),
+             ("IG (16 steps)", "integrated_gradients", dict(steps=16)),
              ("SmoothGrad² (16 samples)", "smoothgrad_sq", dict(samples=16)), ("per-image LPR (defaults)", "lpr", {})]
 #: (label, fit_rules options) per amortized configuration (``iterations`` here overrides ``--iterations``).
 CONFIGS = [
@@ -44,6 +48,8 @@ CONFIGS = [
      dict(family="predictor", objective="deletion", rank=16, lr=0.05, iterations=60)),
     ("rank-16 predictor, deletion + insertion objective, lr 0.05, 60 iterations",
      dict(family="predictor", objective="deletion_insertion", rank=16, lr=0.05, iterations=60)),
+    ("channel rules, saturated inputs pass (ReLU6 gate 1[f > 0]), deletion + insertion objective",
+     dict(objective="deletion_insertion", pass_saturated=True)),
 ]
 #: The photos whose views fit the rules, and the other photos, held out.
 FIT_PHOTOS, HELD_OUT_PHOTOS = ("chelsea", "coffee", "camera", "clock"), ("astronaut", "rocket", "motorcycle")

@@ -125,8 +125,8 @@ METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in (
         defaults={
             'iterations': 50, 'lr': 0.007, 'gamma': 10.0, 'alpha': 0.75, 'beta': 0.25, 'lam': 0.1,
             'arch': 'position', 'variant': 'feature', 'reference': True, 'mask': 'sigmoid',
-            'smooth_sigma': 4.0, 'normalize': 'symmetric', 'keep_activation_mask': True, 'head': False,
-            'init': 1.0, 'init_std': 0.0, 'seed': 0, 'patience': 0, 'tol': 0.0001, 'return_masks': False,
+            'smooth_sigma': 4.0, 'normalize': 'symmetric', 'keep_activation_mask': True, 'pass_saturated': False,
+            'head': False, 'init': 1.0, 'init_std': 0.0, 'seed': 0, 'patience': 0, 'tol': 0.0001, 'return_masks': False,
             'rules': None,
         },
     ),

@@ -156,21 +156,27 @@ def test_own_branch_criterion_catches_a_wrong_export(how, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["channel", "predictor"])
-def test_fitted_rules_file_exports_to_every_format(tmp_path, family):
+@pytest.mark.parametrize("family, name, pass_saturated", [("channel", R, False), ("predictor", R, False),
+                                                          ("channel", E, True)])
+def test_fitted_rules_file_exports_to_every_format(tmp_path, family, name, pass_saturated):
     """A rules file written by amortized LPR with its defaults (masked rule, no reference) — channel
-    rules, or rules predicted per position by a rank-2 predictor — exports in each format and gives
-    LPR's own fixed-rule attribution, by the criterion of the test above."""
+    rules, or rules predicted per position by a rank-2 predictor, or channel rules whose ReLU6 gates
+    pass saturated inputs (on EfficientNet-Lite0, where they change the map) — exports in each format
+    and gives LPR's own fixed-rule attribution, by the criterion of the test above."""
     from pyexplain.export import compile_explainer
     from pyexplain.methods._lpr_rules import fit_rules, save_rules
 
-    net, x = model("resnet18"), images("resnet18")
-    rules = fit_rules(net, x[:2], model_name="resnet18", iterations=3, family=family, rank=2, objective="deletion")
+    net, x = model(name), images(name)
+    rules = fit_rules(net, x[:2], model_name=name, iterations=3, family=family, rank=2, objective="deletion",
+                      pass_saturated=pass_saturated)
     if family == "predictor":  # the fit moved the predictor away from the channel rule it starts at
         assert any(float(p["up"].abs().max()) > 0 for p in rules["predictors"])
     path = save_rules(rules, tmp_path / "rules.pt")
     targets = torch.tensor([0, 3, 1, 5])
     expected = pyexplain.explain(net, x, "lpr", targets.tolist(), rules=str(path)).attribution
+    if pass_saturated:
+        gated = pyexplain.explain(net, x, "lpr", targets.tolist(), rules=dict(rules, pass_saturated=False)).attribution
+        assert float(relative_error(gated, expected).max()) > 0.01
     explainer = compile_explainer(net, "lpr", x, rules=str(path))
     with torch.no_grad():
         assert bool((relative_error(explainer(x, targets)[1], expected) <= TOLERANCE).all())
@@ -178,5 +184,5 @@ def test_fitted_rules_file_exports_to_every_format(tmp_path, family):
     assert own_branch_failures(explainer, x, targets, run_session(session, x, targets)) == []
     for fmt in ("pt2", "torchscript"):
         out_logits, attribution = load_explainer(write_explainer(explainer, fmt, tmp_path / f"explainer{SUFFIX[fmt]}"))(x, targets)
-        assert torch.allclose(out_logits, logits("resnet18"), rtol=1e-4, atol=1e-4)
+        assert torch.allclose(out_logits, logits(name), rtol=1e-4, atol=1e-4)
         assert bool((relative_error(attribution, expected) <= TOLERANCE).all()), fmt

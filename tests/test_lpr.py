@@ -381,9 +381,10 @@ def test_fit_resumed_equals_one_fit_and_validates(tiny64, images64):
     from pyexplain.metrics.pixel_flipping import morf
 
     x, held_out = images64[:2], images64[2:]
-    whole = fit_rules(tiny64, x, iterations=4, init=1.0)
-    first = fit_rules(tiny64, x, iterations=2, init=1.0)
+    whole = fit_rules(tiny64, x, iterations=4, init=1.0, pass_saturated=True)
+    first = fit_rules(tiny64, x, iterations=2, init=1.0, pass_saturated=True)
     resumed = fit_rules(tiny64, x, iterations=2, resume=first, validation=held_out, validate_every=1)
+    assert resumed["pass_saturated"] is True  # the settings come from the resumed file
     for a, b in zip(whole["weights"], resumed["weights"]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(whole["loss_history"], resumed["loss_history"], rtol=1e-12, atol=1e-12)

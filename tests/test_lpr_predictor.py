@@ -17,7 +17,7 @@ from pyexplain.core.rule_predictor import predicted_weight
 from pyexplain.core.targets import Targets
 from pyexplain.errors import PyExplainError
 from pyexplain.methods._lpr import RuleGraph, deletion_losses, insertion_losses
-from pyexplain.methods._lpr_rules import check_rules, fit_rules, load_rules
+from pyexplain.methods._lpr_rules import check_rules, fit_rules, load_rules, save_rules
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -187,14 +187,64 @@ def test_old_and_damaged_rules_files(tiny64, images64):
         fit_rules(tiny64, images64, iterations=1, objective="insertion")
 
 
+def _relu6_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``Linear(4, 3) → ReLU6 → Linear(3, 2)`` on a flattened ``[1, 1, 2, 2]`` image, its biases set so that
+    the three activation inputs are ``f = (8, 2, −1)``: saturated, linear, off."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU6(), nn.Linear(3, 2)).double().eval()
+    x = torch.tensor([[[[1.0, 2.0], [0.5, -1.0]]]], dtype=torch.float64)
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, -1.0, 2.0, 0.5], [0.5, 1.0, -2.0, 1.0], [-1.0, 0.5, 1.0, 2.0]]))
+        net[1].bias.copy_(torch.tensor([8.0, 2.0, -1.0]) - net[1].weight @ x.flatten())
+        net[3].weight.copy_(torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 1.0]]))
+    return net, x, torch.tensor([8.0, 2.0, -1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("pass_saturated", [False, True])
+def test_pass_saturated_gate_by_hand(pass_saturated):
+    """The masked rule on ReLU6 by hand: ``g_f = w2_t ⊙ tanh(W ⊙ f) ⊙ gate`` with gate ``1[0 < f < 6]``, or
+    ``1[f > 0]`` with ``pass_saturated`` (the saturated unit's path is kept); ``A = W1ᵀ g_f ⊙ x``."""
+    net, x, f = _relu6_net()
+    rules = fit_rules(net, x, iterations=1, head=True, pass_saturated=pass_saturated)
+    assert rules["pass_saturated"] is pass_saturated and check_rules(rules)["pass_saturated"] is pass_saturated
+    w = torch.tensor([0.5, 1.5, 2.0], dtype=torch.float64)
+    rules["weights"] = [w]
+    gate = (f > 0) if pass_saturated else (f > 0) & (f < 6)
+    g_f = net[3].weight[1].detach() * torch.tanh(w * f) * gate
+    expected = (net[1].weight.detach().t() @ g_f).reshape(x.shape) * x
+    got = pyexplain.explain(net, x, "lpr", [1], rules=rules).attribution
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    per_image = pyexplain.explain(net, x, "lpr", [1], head=True, pass_saturated=pass_saturated, iterations=1, lr=1e-9,
+                                  reference=False, init=1.0)
+    init_gate = torch.tanh(f) * gate  # W = 1 for one step at a negligible rate
+    torch.testing.assert_close(per_image.attribution, (net[1].weight.detach().t() @ (net[3].weight[1].detach() * init_gate))
+                               .reshape(x.shape) * x, rtol=1e-6, atol=1e-9)
+
+
+def test_version_2_rules_files_do_not_pass_saturated(tiny64, images64, tmp_path):
+    """A version 2 file (written before ``pass_saturated``) reads as ``pass_saturated=False`` and explains as
+    such; a version 3 file keeps the setting through saving and loading. (Bright images: the network's
+    ReLU6 saturates.)"""
+    images64 = images64 * 10
+    rules = fit_rules(tiny64, images64, iterations=1, pass_saturated=True)
+    loaded = load_rules(save_rules(rules, tmp_path / "rules.pt"))
+    assert loaded["version"] == 3 and loaded["pass_saturated"] is True
+    older = {k: v for k, v in rules.items() if k != "pass_saturated"} | {"version": 2}
+    assert check_rules(older)["pass_saturated"] is False
+    torch.testing.assert_close(pyexplain.explain(tiny64, images64, "lpr", rules=older).attribution,
+                               pyexplain.explain(tiny64, images64, "lpr", rules=dict(rules, pass_saturated=False)).attribution)
+    assert not torch.allclose(pyexplain.explain(tiny64, images64, "lpr", rules=older).attribution,
+                              pyexplain.explain(tiny64, images64, "lpr", rules=loaded).attribution)
+
+
 def test_cli_fit_predictor_rules_then_explain(tmp_path, capsys):
     common = ["--model", "lpr_models:tiny", "--input-size", "16", "--device", "cpu"]
     path = tmp_path / "rules.pt"
     code, _, err = run_cli(["fit-rules", "builtin:chelsea", "builtin:coffee", "--out", path, "--iterations", "2",
-                            "--family", "predictor", "--rank", "2", "--objective", "deletion", *common], capsys)
+                            "--family", "predictor", "--rank", "2", "--objective", "deletion", "-O", "pass_saturated=True",
+                            *common], capsys)
     assert code == 0 and "3 rank-2 predictor rules for lpr_models:tiny over 2 images" in err, err
     rules = load_rules(path)
-    assert rules["family"] == "predictor" and rules["objective"] == "deletion"
+    assert rules["family"] == "predictor" and rules["objective"] == "deletion" and rules["pass_saturated"] is True
     out = tmp_path / "out"
     code, _, _ = run_cli(["explain", "builtin:astronaut", "--method", "lpr", "--rules", path, "--out", out, *common], capsys)
     assert code == 0

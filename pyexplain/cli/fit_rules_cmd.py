@@ -18,7 +18,7 @@ from .options import (
 
 #: ``-O`` keys accepted by fit-rules (the per-image LPR options that make sense for shared channel rules).
 _LOSS_KEYS = ("gamma", "alpha", "beta", "lam", "mask", "smooth_sigma", "normalize")
-_RULE_KEYS = ("variant", "reference", "keep_activation_mask", "head", "init")
+_RULE_KEYS = ("variant", "reference", "keep_activation_mask", "pass_saturated", "head", "init")
 #: The file written when ``--out`` is a folder.
 RULES_FILE = "lpr_rules.pt"
 

@@ -111,6 +111,13 @@ class ActivationCall:
             (grad,) = torch.autograd.grad(self.forward(t).sum(), t)
         return grad
 
+    def unsaturated_derivative(self, x: Tensor) -> Tensor:
+        """:meth:`derivative` with a clamped activation's upper clamp lifted: ``1[x > low]`` for
+        hardtanh/ReLU6 (its saturated inputs pass), the derivative itself for every other kind."""
+        if self.kind == "hardtanh":
+            return torch.ops.aten.threshold_backward(torch.ones_like(x), x, self.low)
+        return self.derivative(x)
+
     def gate(self, g: Tensor, x: Tensor) -> Tensor:
         """``g ⊙ φ'(x)``: the activation's own backward of ``g`` at ``x`` (one kernel for the
         piecewise-linear kinds)."""

@@ -3,7 +3,7 @@
 Sources: a rules file from ``pyexplain fit-rules`` or its dict (read and checked by
 :mod:`pyexplain.methods._lpr_rules`: ``calls`` — one record per ruled activation call with its
 ``index`` and ``kind`` —, ``weights`` — one ``[C]`` tensor per record —, and the settings
-``variant``, ``reference``, ``keep_activation_mask`` —, for the predictor family ``predictors``, one
+``variant``, ``reference``, ``keep_activation_mask``, ``pass_saturated`` —, for the predictor family ``predictors``, one
 dict of predictor tensors per record), or a plain list with one tensor ``[C]`` (or
 ``None`` for the plain gradient) per activation call, in call order.
 """
@@ -29,6 +29,7 @@ class ChannelRules:
     variant: str = "feature"
     reference: bool = True
     keep_activation_mask: bool = False
+    pass_saturated: bool = False
     source: str = "LPR rules"
 
     def per_call(self, kinds: Sequence[str]) -> list[Tensor | None]:
@@ -56,7 +57,8 @@ def _from_file_dict(rules: dict[str, Any], source: str) -> ChannelRules:
         predictors={c["index"]: {k: t.float() for k, t in p.items()} for c, p in zip(calls, predictors)},
         kinds={c["index"]: c["kind"] for c in calls if "kind" in c},
         variant=str(rules["variant"]), reference=bool(rules["reference"]),
-        keep_activation_mask=bool(rules["keep_activation_mask"]), source=source,
+        keep_activation_mask=bool(rules["keep_activation_mask"]), pass_saturated=bool(rules["pass_saturated"]),
+        source=source,
     )
 
 

@@ -164,7 +164,7 @@ def _attach_rules(explainer: CompiledExplainer, rules: ChannelRules) -> None:
             raise PyExplainError(f"{rules.source} do not match the model: a predictor of {weight.numel()} channels for "
                                  f"activation call {step.index} of shape {tuple(f_ref.shape[1:])}")
         step.set_channel_rule(weight.to(f_ref.device), reference_input, rules.variant, rules.keep_activation_mask,
-                              predictor)
+                              predictor, rules.pass_saturated)
 
 
 def compile_explainer(model: nn.Module, method: str, example_input: Tensor, **options: Any) -> CompiledExplainer:

@@ -107,7 +107,8 @@ class Activation(Step):
     ``"gradient"``: ``g ⊙ φ'(f)``; ``"guided"``: ``max(g, 0) ⊙ φ'(f)``; ``"deconvnet"``: ``max(g, 0)``;
     ``"lpr"``: where a frozen rule is set (:meth:`set_channel_rule`), ``g ⊙ tanh(W ⊙ (f − f_ref))``
     (variant ``"feature"``; ``f_ref = 0`` without reference) or ``tanh(W ⊙ g)`` (variant ``"gradient"``),
-    times ``φ'(f)`` with ``keep_activation_mask``; the plain gradient at calls without a rule. ``W``
+    times ``φ'(f)`` with ``keep_activation_mask`` (``1[f>low]`` for hardtanh with ``pass_saturated``); the plain
+    gradient at calls without a rule. ``W``
     is per channel, per position, or predicted per position from ``f − f_ref``
     (:func:`~pyexplain.core.rule_predictor.predicted_weight`).
     """
@@ -121,13 +122,15 @@ class Activation(Step):
         self.register_buffer("rule_reference", None)
         for key in PREDICTOR_KEYS:
             self.register_buffer(f"rule_predictor_{key}", None)
-        self.rule_variant, self.rule_keeps_gate = "feature", False
+        self.rule_variant, self.rule_keeps_gate, self.rule_passes_saturated = "feature", False, False
 
     def set_channel_rule(self, weight: Tensor, reference: Tensor, variant: str = "feature",
-                         keep_activation_mask: bool = False, predictor: dict[str, Tensor] | None = None) -> None:
+                         keep_activation_mask: bool = False, predictor: dict[str, Tensor] | None = None,
+                         pass_saturated: bool = False) -> None:
         """Freeze an LPR rule: ``weight`` per channel ``[C]`` (or per position: the activation's shape
         without batch) and ``reference``, the reference image's activation input ``[1, ...]``; with
-        ``predictor`` (per-channel ``weight`` only), ``W`` is predicted from ``f − reference``."""
+        ``predictor`` (per-channel ``weight`` only), ``W`` is predicted from ``f − reference``; with
+        ``pass_saturated`` the kept gate of a hardtanh is ``1[f > low]``."""
         shape = reference.shape[1:]
         if weight.numel() == shape[0]:
             weight = weight.reshape(1, shape[0], *([1] * (len(shape) - 1)))
@@ -139,6 +142,7 @@ class Activation(Step):
             value = None if predictor is None else predictor[key].detach().to(reference).clone()
             setattr(self, f"rule_predictor_{key}", value)
         self.rule_variant, self.rule_keeps_gate = variant, keep_activation_mask
+        self.rule_passes_saturated = pass_saturated
 
     def _rule_weight(self, f: Tensor) -> Tensor:
         """``W`` at the activation inputs ``f``: the frozen tensor, or the predictor's output."""
@@ -154,11 +158,12 @@ class Activation(Step):
             return torch.clamp(x, self.low, self.high), x
         return torch.where(x > 0, x, x * self.negative_slope), x
 
-    def _gate(self, g: Tensor, f: Tensor) -> Tensor:
+    def _gate(self, g: Tensor, f: Tensor, upper: bool = True) -> Tensor:
+        """``g ⊙ φ'(f)``; without ``upper``, a hardtanh's gate is ``1[f > low]``."""
         if self.kind == "relu":
             return g * (f > 0).to(g.dtype)
         if self.kind == "hardtanh":
-            return g * ((f > self.low) & (f < self.high)).to(g.dtype)
+            return g * (((f > self.low) & (f < self.high)) if upper else f > self.low).to(g.dtype)
         return torch.where(f > 0, g, g * self.negative_slope)
 
     def grad(self, g: Tensor, saved: Any, rule: str) -> tuple[Tensor | None, ...]:
@@ -172,7 +177,7 @@ class Activation(Step):
                 g_in = torch.tanh(weight * g)
             else:
                 g_in = plugin_rule(g, saved, self.rule_reference, weight)
-            return (self._gate(g_in, saved) if self.rule_keeps_gate else g_in,)
+            return (self._gate(g_in, saved, not self.rule_passes_saturated) if self.rule_keeps_gate else g_in,)
         return (self._gate(g, saved),)
 
 

@@ -192,7 +192,7 @@ class RuleGraph:
 
     @classmethod
     def build(cls, model: nn.Module, x: Tensor, targets: Targets, *, variant: str, f_ref: list[Tensor] | None,
-              keep_activation_mask: bool, head: bool) -> "RuleGraph":
+              keep_activation_mask: bool, head: bool, pass_saturated: bool = False) -> "RuleGraph":
         x = x.detach().requires_grad_(True)
         sites: list[RuleSite] = []
 
@@ -207,7 +207,9 @@ class RuleGraph:
                 shift = value - f_ref[call.index]
             else:
                 shift = value
-            gate = call.derivative(value) if keep_activation_mask else None
+            gate = None
+            if keep_activation_mask:
+                gate = call.unsaturated_derivative(value) if pass_saturated else call.derivative(value)
             site = RuleSite(call, shift, variant, gate)
             sites.append(site)
             return replace_backward(call, f, site.backward)

@@ -9,10 +9,11 @@ shared by all images) and ``"predictor"`` (``W`` predicted at every position fro
 insertion curve (:func:`~pyexplain.methods._lpr.insertion_losses`).
 
 A rules file is a plain dict readable by ``torch.load(weights_only=True)``: format tag and version,
-the model name, the rule settings (variant, reference, keep_activation_mask, head, family,
-objective), one record per ruled activation call (kind, module, per-row shape), one weight vector
-``b`` ``[C]`` per call (``weights``) and, for the predictor family, one dict of predictor tensors
-per call (``predictors``). Version 1 files (channel rules, LPR objective) are still read.
+the model name, the rule settings (variant, reference, keep_activation_mask, pass_saturated, head,
+family, objective), one record per ruled activation call (kind, module, per-row shape), one weight
+vector ``b`` ``[C]`` per call (``weights``) and, for the predictor family, one dict of predictor
+tensors per call (``predictors``). Version 1 files (channel rules, LPR objective) and version 2 files
+(without ``pass_saturated``: False) are still read.
 """
 from __future__ import annotations
 
@@ -36,14 +37,14 @@ from ._lpr import (LossConfig, RuleGraph, RuleSite, check_choice, deletion_losse
                    row_losses)
 
 FORMAT = "pyexplain-lpr-rules"
-VERSION = 2
+VERSION = 3
 FAMILIES = ("channel", "predictor")
 OBJECTIVES = ("lpr", "deletion", "deletion_insertion")
 #: The insertion term's weight in ``objective="deletion_insertion"``: at 1 it costs the deletion curve
 #: (synthetic_resnet: MoRF 0.107 against 0.088 without it), at 0.3 it lifts insertion and keeps MoRF
 #: (benchmarks/RESULTS.md, amortized LPR round 5).
 INSERTION_WEIGHT = 0.3
-_SETTINGS = ("variant", "reference", "keep_activation_mask", "head")
+_SETTINGS = ("variant", "reference", "keep_activation_mask", "pass_saturated", "head")
 
 
 class _RuleParameters:
@@ -109,7 +110,8 @@ class _RuleParameters:
 
 def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterations: int = 50, lr: float = 0.2,
               config: LossConfig = LossConfig(), variant: str = "feature", reference: bool = False,
-              keep_activation_mask: bool = True, head: bool = False, init: float = 20.0, family: str = "channel",
+              keep_activation_mask: bool = True, pass_saturated: bool = False, head: bool = False, init: float = 20.0,
+              family: str = "channel",
               rank: int = 4, objective: str = "lpr", seed: int = 0, batch_size: int = 8, progress: bool = False,
               resume: dict[str, Any] | None = None, validation: Tensor | None = None,
               validate_every: int = 10) -> dict[str, Any]:
@@ -119,7 +121,8 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
 
     Defaults (measured in ``benchmarks/RESULTS.md``, amortized LPR): the masked rule without reference,
     ``φ'(f)·tanh(W·f)``, starting at ``W = 20``, where it is the plain gradient but for the weakest
-    activations; the fit then learns which channels (``family="channel"``) or which activation
+    activations (``pass_saturated``: ``φ'`` without a clamped activation's upper clamp, ``1[f > low]``
+    for ReLU6, where it starts as the gradient with saturated units passing); the fit then learns which channels (``family="channel"``) or which activation
     patterns (``family="predictor"``, rank ``rank``, ``D`` starting at the principal directions of
     the fitting images' activations; ``seed`` draws the rows beyond their channels) to damp or flip.
     ``objective="lpr"`` is the paper's loss; ``"deletion"`` the soft MoRF curve; ``"deletion_insertion"``
@@ -135,6 +138,7 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
         resume = check_rules(resume, "the rules to resume")
         variant, reference = resume["variant"], bool(resume["reference"])
         keep_activation_mask, head = bool(resume["keep_activation_mask"]), bool(resume["head"])
+        pass_saturated = bool(resume["pass_saturated"])
         family, objective = resume["family"], resume["objective"]
     check_choice("family", family, FAMILIES)
     check_choice("objective", objective, OBJECTIVES)
@@ -143,14 +147,15 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
     images = images.detach()
     chunks = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
     settings = {"variant": variant, "reference": bool(reference), "keep_activation_mask": bool(keep_activation_mask),
-                "head": bool(head), "family": family, "objective": objective}
+                "pass_saturated": bool(pass_saturated), "head": bool(head), "family": family, "objective": objective}
     with eval_mode(model):
         f_ref = reference_activations(model, images, head) if reference else None
 
         def build(chunk: Tensor) -> tuple[RuleGraph, Targets]:
             targets = Targets(None)
             graph = RuleGraph.build(model, chunk, targets, variant=variant, f_ref=f_ref,
-                                    keep_activation_mask=keep_activation_mask, head=head)
+                                    keep_activation_mask=keep_activation_mask, head=head,
+                                    pass_saturated=pass_saturated)
             return graph, targets
 
         kept = build(chunks[0])
@@ -269,13 +274,16 @@ def load_rules(path: str | os.PathLike) -> dict[str, Any]:
 
 def check_rules(rules: Any, source: str = "rules") -> dict[str, Any]:
     """``rules`` checked (format, version, shapes, finite values), as a dict with every setting: a
-    version 1 file gets ``family="channel"``, ``objective="lpr"``."""
+    version 1 file gets ``family="channel"``, ``objective="lpr"``; a version 1 or 2 file
+    ``pass_saturated=False``."""
     if not isinstance(rules, dict) or rules.get("format") != FORMAT:
         raise PyExplainError(f"{source} is not a pyexplain LPR rules file (made by `pyexplain fit-rules`)")
-    if rules.get("version") not in (1, VERSION):
+    if rules.get("version") not in (1, 2, VERSION):
         raise PyExplainError(f"{source} has rules format version {rules.get('version')!r}; this pyexplain reads 1 to {VERSION}")
     if rules["version"] == 1:
         rules = {**rules, "family": "channel", "objective": "lpr"}
+    if rules["version"] in (1, 2):
+        rules = {**rules, "pass_saturated": False}
     calls, weights, predictors = rules.get("calls"), rules.get("weights"), rules.get("predictors")
     if (not isinstance(calls, list) or not isinstance(weights, list) or len(calls) != len(weights)
             or not all(isinstance(w, Tensor) and w.ndim == 1 and torch.isfinite(w).all() for w in weights)
@@ -339,7 +347,8 @@ def fixed_rule_attribution(model: nn.Module, x: Tensor, targets: Targets, rules:
     head = bool(rules["head"])
     f_ref = reference_activations(model, x, head) if rules["reference"] else None
     graph = RuleGraph.build(model, x, targets, variant=rules["variant"], f_ref=f_ref,
-                            keep_activation_mask=bool(rules["keep_activation_mask"]), head=head)
+                            keep_activation_mask=bool(rules["keep_activation_mask"]), head=head,
+                            pass_saturated=bool(rules["pass_saturated"]))
     _check_match(rules, graph.sites)
     predictors = rules.get("predictors") or [None] * len(graph.sites)
     graph.bind([predicted_weight(site.shift, w, p) for site, w, p in zip(graph.sites, rules["weights"], predictors)])

@@ -99,13 +99,14 @@ def lpr(
     iterations: int = 50, lr: float = 0.007, gamma: float = 10.0, alpha: float = 0.75, beta: float = 0.25,
     lam: float = 0.1, arch: str = "position", variant: str = "feature", reference: bool = True,
     mask: str = "sigmoid", smooth_sigma: float = 4.0, normalize: str = "symmetric", keep_activation_mask: bool = True,
-    head: bool = False, init: float = 1.0, init_std: float = 0.0, seed: int = 0, patience: int = 0,
+    pass_saturated: bool = False, head: bool = False, init: float = 1.0, init_std: float = 0.0, seed: int = 0, patience: int = 0,
     tol: float = 1e-4, return_masks: bool = False, rules: str | os.PathLike | dict[str, Any] | None = None,
     progress: bool = False,
 ) -> MethodResult | Tensor:
     """Learn ``W`` per image and call: rule ``g_in = g_out ⊙ tanh(W ⊙ (f − f_ref))`` (``variant="gradient"``:
     ``tanh(W ⊙ g_out)``; ``keep_activation_mask`` (default; measured in ``benchmarks/RESULTS.md``, LPR) also
-    multiplies by ``φ'(f)``), ``A = ∂_rule F_t/∂I ⊙ I``,
+    multiplies by ``φ'(f)``; with ``pass_saturated`` a clamped activation's (ReLU6, hardtanh) factor is
+    ``1[f > low]``, so its saturated inputs pass as IG and DeepLIFT let them), ``A = ∂_rule F_t/∂I ⊙ I``,
     masks ``Mp = 1 − σ(γ(â − α))``, ``Mn = σ(γ(â − β))`` of the normalized map ``â``, loss
     ``F_t(I⊙Mp) − F_t(I) + F_t(I) − F_t(I⊙Mn) + λ(mean|1−Mp| + mean|1−Mn|)`` minimized by Adam.
 
@@ -130,7 +131,7 @@ def lpr(
     config = LossConfig(gamma, alpha, beta, lam, mask, smooth_sigma, normalize)
     f_ref = reference_activations(model, x, head) if reference else None
     graph = RuleGraph.build(model, x, targets, variant=variant, f_ref=f_ref,
-                            keep_activation_mask=keep_activation_mask, head=head)
+                            keep_activation_mask=keep_activation_mask, head=head, pass_saturated=pass_saturated)
     weights = initial_weights(graph.sites, arch, x.shape[0], init, init_std, seed, x.dtype, x.device)
     attribution, history, kept = optimize_rules(
         model, graph, weights, targets.indices, targets.score, config, iterations=int(iterations), lr=lr,
