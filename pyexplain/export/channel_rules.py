@@ -3,8 +3,8 @@
 Sources: a rules file from ``pyexplain fit-rules`` or its dict (read and checked by
 :mod:`pyexplain.methods._lpr_rules`: ``calls`` — one record per ruled activation call with its
 ``index`` and ``kind`` —, ``weights`` — one ``[C]`` tensor per record —, and the settings
-``variant``, ``reference``, ``keep_activation_mask``, ``pass_saturated`` —, for the predictor family ``predictors``, one
-dict of predictor tensors per record), or a plain list with one tensor ``[C]`` (or
+``variant``, ``reference``, ``keep_activation_mask``, ``pass_saturated`` —, for the predictor family
+``predictors``, one dict of predictor tensors per record), or a plain list with one tensor ``[C]`` (or
 ``None`` for the plain gradient) per activation call, in call order.
 """
 from __future__ import annotations

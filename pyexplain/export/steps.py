@@ -107,10 +107,9 @@ class Activation(Step):
     ``"gradient"``: ``g ⊙ φ'(f)``; ``"guided"``: ``max(g, 0) ⊙ φ'(f)``; ``"deconvnet"``: ``max(g, 0)``;
     ``"lpr"``: where a frozen rule is set (:meth:`set_channel_rule`), ``g ⊙ tanh(W ⊙ (f − f_ref))``
     (variant ``"feature"``; ``f_ref = 0`` without reference) or ``tanh(W ⊙ g)`` (variant ``"gradient"``),
-    times ``φ'(f)`` with ``keep_activation_mask`` (``1[f>low]`` for hardtanh with ``pass_saturated``); the plain
-    gradient at calls without a rule. ``W``
-    is per channel, per position, or predicted per position from ``f − f_ref``
-    (:func:`~pyexplain.core.rule_predictor.predicted_weight`).
+    times ``φ'(f)`` with ``keep_activation_mask`` (``1[f>low]`` for hardtanh with ``pass_saturated``); the
+    plain gradient at calls without a rule. ``W`` is per channel, per position, or predicted per position
+    from ``f − f_ref`` (:func:`~pyexplain.core.rule_predictor.predicted_weight`).
     """
 
     def __init__(self, node: str, inputs: Sequence[str], index: int, kind: str, low: float = 0.0,

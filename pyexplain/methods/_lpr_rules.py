@@ -111,9 +111,8 @@ class _RuleParameters:
 def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterations: int = 50, lr: float = 0.2,
               config: LossConfig = LossConfig(), variant: str = "feature", reference: bool = False,
               keep_activation_mask: bool = True, pass_saturated: bool = False, head: bool = False, init: float = 20.0,
-              family: str = "channel",
-              rank: int = 4, objective: str = "lpr", seed: int = 0, batch_size: int = 8, progress: bool = False,
-              resume: dict[str, Any] | None = None, validation: Tensor | None = None,
+              family: str = "channel", rank: int = 4, objective: str = "lpr", seed: int = 0, batch_size: int = 8,
+              progress: bool = False, resume: dict[str, Any] | None = None, validation: Tensor | None = None,
               validate_every: int = 10) -> dict[str, Any]:
     """Learn rules for every activation call shared by all ``images`` (each explained for its top-1
     class): Adam on the mean per-image ``objective``. With more than ``batch_size`` images the clean
@@ -122,8 +121,8 @@ def fit_rules(model: nn.Module, images: Tensor, *, model_name: str = "", iterati
     Defaults (measured in ``benchmarks/RESULTS.md``, amortized LPR): the masked rule without reference,
     ``φ'(f)·tanh(W·f)``, starting at ``W = 20``, where it is the plain gradient but for the weakest
     activations (``pass_saturated``: ``φ'`` without a clamped activation's upper clamp, ``1[f > low]``
-    for ReLU6, where it starts as the gradient with saturated units passing); the fit then learns which channels (``family="channel"``) or which activation
-    patterns (``family="predictor"``, rank ``rank``, ``D`` starting at the principal directions of
+    for ReLU6, where it starts as the gradient with saturated units passing); the fit then learns
+    which channels (``family="channel"``) or which activation patterns (``family="predictor"``, rank ``rank``, ``D`` starting at the principal directions of
     the fitting images' activations; ``seed`` draws the rows beyond their channels) to damp or flip.
     ``objective="lpr"`` is the paper's loss; ``"deletion"`` the soft MoRF curve; ``"deletion_insertion"``
     that curve minus ``INSERTION_WEIGHT`` × the soft insertion curve (which the deletion curve alone lets
